@@ -117,7 +117,9 @@ def noisy_cross_entropy(logits: jax.Array, q: jax.Array | None, labels: jax.Arra
 
 
 def posterior(logits: jax.Array, q: jax.Array, noisy_labels: jax.Array) -> jax.Array:
-    """``p(true=i | x, noisy)`` proportional to ``q[noisy, i] * softmax(logits)[i]``: ``[B, K_true]``.
+    """``p(true=i | x, noisy)``, proportional to ``q[noisy, i] * softmax(logits)[i]``.
+
+    Shape ``[B, K_true]``.
 
     Low ``posterior[n, noisy_labels[n]]`` flags a likely mislabelled example. If ``q``'s row for
     the given label is all zero (that label is impossible under ``q``), the prior

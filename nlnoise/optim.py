@@ -24,6 +24,8 @@ from optax import projections
 
 ScalarOrSchedule = float | optax.Schedule
 
+_NO_PARAMS = "this transformation needs the current params: call update(updates, state, params)."
+
 # Labels used by optax.partition for the two parts of the trainable parameters.
 NET, Q = "net", "q"
 
@@ -49,7 +51,7 @@ def project_columns_to_simplex() -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(_NO_PARAMS)
         new_updates = jax.tree.map(lambda p, u: project_columns(p + u) - p, params, updates)
         return new_updates, state
 
@@ -152,7 +154,7 @@ def net_optimizer(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(_NO_PARAMS)
         decayed = jax.tree_util.tree_map_with_path(
             lambda path, u, p: u + decay_for(path, p) * p if decay_for(path, p) else u,
             updates,

@@ -1,0 +1,142 @@
+"""The projected-Q optax chain and the whole-state optimizer."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nlnoise import losses, noise, optim
+
+
+def _brute_force_simplex(v: np.ndarray) -> np.ndarray:
+    """Projection onto the simplex by trying every support set (small n only)."""
+    n, best, best_d = v.size, None, np.inf
+    for r in range(1, n + 1):
+        for s in itertools.combinations(range(n), r):
+            s = list(s)
+            x = np.zeros(n)
+            x[s] = v[s] - (v[s].sum() - 1) / r
+            if (x >= -1e-12).all():
+                d = np.sum((x - v) ** 2)
+                if d < best_d:
+                    best, best_d = np.maximum(x, 0), d
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_projection_on_simplex_idempotent_and_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(5, 4)) * 2
+    p = np.asarray(optim.project_columns(jnp.asarray(q, jnp.float32)))
+    assert (p >= 0).all()
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(optim.project_columns(jnp.asarray(p)), p, atol=1e-6)
+    for i in range(4):
+        np.testing.assert_allclose(p[:, i], _brute_force_simplex(q[:, i]), atol=1e-5)
+
+
+def test_projection_transform_lands_on_simplex_and_needs_params():
+    tx = optax.chain(optax.sgd(0.5), optim.project_columns_to_simplex())
+    q = jnp.asarray(noise.symmetric(4, 0.2), jnp.float32)
+    state = tx.init(q)
+    g = jnp.asarray(np.random.default_rng(0).normal(size=(4, 4)), jnp.float32)
+    u, _ = tx.update(g, state, q)
+    new = optax.apply_updates(q, u)
+    assert (np.asarray(new) >= 0).all()
+    np.testing.assert_allclose(new.sum(0), 1.0, atol=1e-6)
+    with pytest.raises(ValueError):
+        tx.update(g, state)
+
+
+def _q_grad(q, logits, labels):
+    return jax.grad(lambda qq: losses.noisy_cross_entropy(logits, qq, labels).mean())(q)
+
+
+def test_freeze_is_bit_exact_then_q_moves():
+    k, freeze = 5, 7
+    tx = optim.q_optimizer(0.1, weight_decay=0.1, freeze_steps=freeze, momentum=0.9)
+    q = jnp.eye(k, dtype=jnp.float32)
+    state = tx.init(q)
+    rng = np.random.default_rng(0)
+    step = jax.jit(lambda q, s, g: (lambda u_s: (optax.apply_updates(q, u_s[0]), u_s[1]))(
+        tx.update(g, s, q)))
+    for t in range(freeze + 3):
+        g = _q_grad(q, jnp.asarray(rng.normal(size=(16, k)), jnp.float32),
+                    jnp.asarray(rng.integers(0, k, 16)))
+        q, state = step(q, state, g)
+        if t < freeze:
+            assert np.array_equal(np.asarray(q), np.eye(k, dtype=np.float32)), t
+    assert not np.array_equal(np.asarray(q), np.eye(k, dtype=np.float32))
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-6)
+    assert (np.asarray(q) >= 0).all()
+
+
+def test_decay_lowers_trace_on_a_toy_problem():
+    # Logits that already fit the noisy labels: without decay the identity is a fixed point
+    # (Q gains nothing from diffusing); with decay tr(Q) falls.
+    k = 4
+    rng = np.random.default_rng(1)
+    labels = jnp.asarray(rng.integers(0, k, 64))
+    logits = 4.0 * jax.nn.one_hot(labels, k)
+    traces = {}
+    for wd in (0.0, 0.5, 2.0):
+        tx = optim.q_optimizer(0.5, weight_decay=wd)
+        q = jnp.eye(k)
+        s = tx.init(q)
+        for _ in range(50):
+            u, s = tx.update(_q_grad(q, logits, labels), s, q)
+            q = optax.apply_updates(q, u)
+        traces[wd] = float(jnp.trace(q))
+    assert traces[0.0] == pytest.approx(k, abs=1e-3)
+    assert traces[2.0] < traces[0.5] < traces[0.0] - 0.05
+
+
+def test_trace_regularizer_also_diffuses():
+    tx = optim.q_optimizer(0.1, weight_decay=0.2, regularizer="trace")
+    q = jnp.eye(3)
+    s = tx.init(q)
+    for _ in range(5):
+        u, s = tx.update(jnp.zeros_like(q), s, q)
+        q = optax.apply_updates(q, u)
+    assert float(jnp.trace(q)) < 3 - 0.1
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="q_regularizer"):
+        optim.q_optimizer(0.1, regularizer="nuclear")
+
+
+def test_partition_projects_only_q_and_keeps_fixed_q_fixed():
+    params = {"net": {"dense": {"kernel": jnp.full((3, 3), 5.0), "bias": jnp.full((3,), 5.0)}},
+              "q": jnp.eye(3)}
+    grads = jax.tree.map(lambda x: jnp.full_like(x, -1.0), params)
+    net_tx = optim.net_optimizer(0.1, momentum=0.0, weight_decay=0.0)
+    tx = optim.train_state_optimizer(net_tx, optim.q_optimizer(0.1, weight_decay=0.0))
+    u, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, u)
+    # The network's kernel just took an SGD step: far off any simplex, untouched by projection.
+    np.testing.assert_allclose(new["net"]["dense"]["kernel"], 5.1)
+    np.testing.assert_allclose(new["net"]["dense"]["bias"], 5.1)
+    np.testing.assert_allclose(new["q"].sum(0), 1.0, atol=1e-6)
+    fixed = optim.train_state_optimizer(net_tx, None)
+    u, _ = fixed.update(grads, fixed.init(params), params)
+    assert np.array_equal(np.asarray(optax.apply_updates(params, u)["q"]), np.eye(3))
+
+
+def test_net_optimizer_per_layer_weight_decay_skips_biases():
+    params = {"conv1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))},
+              "fc10": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
+    tx = optim.net_optimizer(1.0, momentum=0.0, weight_decay=0.004,
+                             layer_weight_decay={"fc10": 1.0})
+    u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    np.testing.assert_allclose(u["conv1"]["kernel"], -0.004)
+    np.testing.assert_allclose(u["fc10"]["kernel"], -1.0)
+    assert float(jnp.abs(u["conv1"]["bias"]).max()) == 0.0
+
+
+def test_schedule_from_epochs():
+    sched = optim.schedule_from_epochs(0.1, 10, (2, 3))
+    assert float(sched(19)) == pytest.approx(0.1)
+    assert float(sched(20)) == pytest.approx(0.01)
+    assert float(sched(30)) == pytest.approx(0.001)
