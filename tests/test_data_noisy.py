@@ -1,0 +1,227 @@
+"""Noise injection: deterministic flips, training-set size, outliers and alpha, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nlnoise.data as data
+from nlnoise import noise
+from nlnoise.data import sources
+
+CIFAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10_jpeg.npz"
+needs_cifar = pytest.mark.skipif(
+    not CIFAR.exists(), reason=f"{CIFAR} is absent (see ../shared/data/README.md)"
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def _digits(cache, **kw):
+    return {"name": "digits", "cache_dir": cache, **kw}
+
+
+def test_same_seed_same_noisy_labels(cache):
+    a = data.load(_digits(cache), noise_kind="symmetric", noise_level=0.4, noise_seed=7)
+    b = data.load(_digits(cache), noise_kind="symmetric", noise_level=0.4, noise_seed=7)
+    c = data.load(_digits(cache), noise_kind="symmetric", noise_level=0.4, noise_seed=8)
+    assert np.array_equal(a.train_labels, b.train_labels)
+    assert a.label_fingerprint == b.label_fingerprint
+    assert not np.array_equal(a.train_labels, c.train_labels)
+    assert a.label_fingerprint != c.label_fingerprint
+    rate = np.mean(a.train_labels != a.train_clean_labels)
+    assert abs(rate - 0.4) < 0.05
+    np.testing.assert_array_equal(a.q_true, noise.symmetric(10, 0.4))
+
+
+def test_realized_transition_follows_q(cache):
+    ds = data.load(_digits(cache), noise_kind="pair", noise_level=0.3, noise_seed=1)
+    realized = noise.realized_transition(ds.train_clean_labels, ds.train_labels, 10)
+    assert np.abs(realized - ds.q_true).max() < 0.12
+    assert realized[np.arange(10), (np.arange(10) + 1) % 10].min() == 0  # pair flips go i -> i+1
+    assert realized[(np.arange(10) + 1) % 10, np.arange(10)].min() > 0.15
+
+
+def test_no_flips_gives_no_q_and_clean_labels(cache):
+    for kind, level in (("identity", 0.0), ("symmetric", 0.0)):
+        ds = data.load(_digits(cache), noise_kind=kind, noise_level=level, noise_seed=0)
+        assert ds.q_true is None and ds.alpha is None and ds.test_noisy is None
+        assert np.array_equal(ds.train_labels, ds.train_clean_labels)
+
+
+def test_train_size_subsets_are_nested_and_flips_do_not_move(cache):
+    kw = {"noise_kind": "symmetric", "noise_level": 0.5, "noise_seed": 3}
+    small = data.load(_digits(cache, train_size=200, subset_seed=1), **kw)
+    big = data.load(_digits(cache, train_size=900, subset_seed=1), **kw)
+    full = data.load(_digits(cache), **kw)
+    assert len(small.train) == 200 and len(big.train) == 900
+    small_rows, big_rows = small.train.rows, big.train.rows
+    assert np.isin(small_rows, big_rows).all()
+    # Each image keeps its noisy label whatever the training-set size.
+    assert np.array_equal(small.train_labels, full.train_labels[small_rows])
+    other = data.load(_digits(cache, train_size=200, subset_seed=2), **kw)
+    assert not np.array_equal(other.train.rows, small_rows)
+
+
+def test_train_size_larger_than_split(cache):
+    with pytest.raises(data.DataError, match=r"dataset.train_size=5000 .* 1437 examples"):
+        data.load(_digits(cache, train_size=5000))
+
+
+def test_noise_matrix_of_the_wrong_size(cache):
+    with pytest.raises(data.DataError, match=r"expected shape \(10, 10\).*got \(5, 5\)"):
+        data.load(_digits(cache), noise_kind="custom", noise_kwargs={"q": np.eye(5)})
+    with pytest.raises(data.DataError, match=r"got \(4, 4\).*K=10"):
+        data.load(
+            _digits(cache),
+            noise_kind="adversarial",
+            noise_level=0.4,
+            noise_kwargs={"confusion": np.ones((4, 4))},
+        )
+
+
+def test_custom_matrix_and_confusion_path(cache, tmp_path):
+    q = noise.paper_random(10, 0.3, seed=4)
+    ds = data.load(_digits(cache), noise_kind="custom", noise_seed=2, noise_kwargs={"q": q})
+    np.testing.assert_array_equal(ds.q_true, q)
+    confusion = np.random.default_rng(0).integers(0, 20, (10, 10))
+    path = tmp_path / "confusion.npy"
+    np.save(path, confusion)
+    adv = data.load(
+        _digits(cache),
+        noise_kind="adversarial",
+        noise_level=0.4,
+        noise_kwargs={"confusion_path": str(path), "m": 3},
+    )
+    np.testing.assert_allclose(adv.q_true, noise.adversarial(confusion, 0.4, m=3))
+
+
+def test_items_agree_with_label_arrays(cache):
+    ds = data.load(_digits(cache), noise_kind="symmetric", noise_level=0.5, noise_seed=0)
+    for i in (0, 17, len(ds.train) - 1):
+        ex = ds.train[i]
+        assert ex["index"] == i and ex["label"] == ds.train_labels[i]
+        assert ex["clean_label"] == ds.train_clean_labels[i] and not ex["is_outlier"]
+        assert ex["image"].shape == (8, 8, 1) and ex["image"].dtype == np.uint8
+    with pytest.raises(IndexError):
+        ds.train[len(ds.train)]
+    # Test labels stay clean.
+    assert np.array_equal(ds.test.labels, ds.test.clean_labels)
+
+
+# ---- outliers --------------------------------------------------------------------------------
+
+
+@needs_cifar
+def test_open_set_outliers_counts_labels_and_alpha():
+    cfg = {
+        "name": "cifar10",
+        "inlier_classes": (0, 1, 2, 3, 4),
+        "train_size": 6000,
+        "num_outliers": 3000,
+        "num_known_outliers": 500,
+        "num_test_outliers": 2000,
+    }
+    ds = data.load(cfg, noise_kind="symmetric", noise_level=0.2, noise_seed=5)
+    raw = sources.load_cifar10_local()
+    k = 5
+    assert ds.num_classes == k
+    assert ds.class_names == ("airplane", "automobile", "bird", "cat", "deer")
+    assert len(ds.train) == 6000 + 3500
+    assert ds.train_is_outlier.sum() == 3500 and ds.num_outliers == 3000
+    assert ds.alpha == pytest.approx(500 / 3500) == noise.outlier_alpha(500, 3000)
+    out = ds.train_is_outlier
+    # Outliers come from the other classes; known ones carry label K, the rest uniform labels.
+    assert (raw.train.labels[ds.train.rows[out]] >= 5).all()
+    assert (raw.train.labels[ds.train.rows[~out]] < 5).all()
+    assert len(np.unique(ds.train.rows[out])) == 3500
+    assert (ds.train_clean_labels[out] == -1).all()
+    assert (ds.train_labels == k).sum() == 500
+    uniform = ds.train_labels[out][ds.train_labels[out] < k]
+    assert uniform.size == 3000
+    counts = np.bincount(uniform, minlength=k)
+    assert counts.min() > 520 and counts.max() < 680  # 600 each, about 3 sigma
+    # Inliers are remapped to 0..K-1 and flipped among the K classes only.
+    assert set(np.unique(ds.train_clean_labels[~out])) == set(range(k))
+    assert ds.train_labels[~out].max() < k and ds.q_true.shape == (k, k)
+    # Clean test: inliers only. Noisy test: inliers plus outliers from the other classes' test
+    # split.
+    assert len(ds.test) == 5000 and ds.test.labels.max() == k - 1
+    tn = ds.test_noisy
+    assert len(tn) == 7000 and tn.is_outlier.sum() == 2000
+    assert (tn.labels[tn.is_outlier] == k).all() and (tn.clean_labels[tn.is_outlier] == -1).all()
+    assert (raw.test.labels[tn.rows[tn.is_outlier]] >= 5).all()
+    # Item view agrees.
+    i = int(np.flatnonzero(out)[0])
+    ex = ds.train[i]
+    assert ex["is_outlier"] and ex["clean_label"] == -1
+    np.testing.assert_array_equal(ex["image"], raw.train.images.take(ds.train.rows[i : i + 1])[0])
+
+
+def test_known_outliers_may_not_exceed_outliers(cache):
+    cfg = _digits(cache, inlier_classes=(0, 1, 2), num_outliers=10, num_known_outliers=11)
+    with pytest.raises(data.DataError, match=r"dataset.num_known_outliers=11 exceeds .*=10"):
+        data.load(cfg)
+
+
+def test_outliers_need_a_pool(cache):
+    with pytest.raises(data.DataError, match=r"dataset.num_outliers: outliers need a source"):
+        data.load(_digits(cache, num_outliers=10))
+
+
+def test_outlier_pool_too_small(cache):
+    cfg = _digits(cache, inlier_classes=tuple(range(9)), num_outliers=500)
+    with pytest.raises(data.DataError, match=r"exceeds the 143 images in the outlier pool"):
+        data.load(cfg)
+
+
+def test_bad_inlier_classes(cache):
+    with pytest.raises(data.DataError, match=r"dataset.inlier_classes: \[12\] outside"):
+        data.load(_digits(cache, inlier_classes=(0, 12)))
+
+
+def test_outlier_labels_are_deterministic(cache):
+    cfg = _digits(cache, inlier_classes=(0, 1, 2, 3), num_outliers=300, num_known_outliers=30)
+    a = data.load(cfg, noise_seed=1)
+    b = data.load(cfg, noise_seed=1)
+    c = data.load(cfg, noise_seed=2)
+    assert np.array_equal(a.train_labels, b.train_labels)
+    assert np.array_equal(a.train.rows, c.train.rows)  # the picks follow subset_seed
+    out_a, out_c = a.train_labels[a.train_is_outlier], c.train_labels[c.train_is_outlier]
+    assert not np.array_equal(out_a, out_c)
+    assert a.q_true is None and a.alpha == pytest.approx(30 / 330)
+
+
+def test_tfds_outlier_source_under_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    base = {"cache_dir": str(tmp_path), "num_outliers": 20, "num_known_outliers": 5}
+    with tfds.testing.mock_data(num_examples=40):
+        ds = data.load(
+            {
+                **base,
+                "name": "cifar10",
+                "source": "tfds",
+                "outlier_source": "tfds:cifar100",
+                "num_test_outliers": 10,
+            },
+            noise_kind="symmetric",
+            noise_level=0.2,
+        )
+        assert len(ds.train) == 40 + 25 and len(ds.train.providers) == 2
+        out = np.flatnonzero(ds.train_is_outlier)
+        assert np.array_equal(ds.train.provider_id[out], np.ones(25))
+        batch = ds.train.get_batch(np.array([0, out[0], 1, out[-1]]))
+        assert batch["image"].shape == (4, 32, 32, 3)
+        assert list(batch["is_outlier"]) == [False, True, False, True]
+        assert len(ds.test_noisy) == 40 + 10
+        # Fashion-MNIST (28x28x1) cannot take CIFAR-100 (32x32x3) images as outliers.
+        with pytest.raises(data.DataError, match=r"dataset.outlier_source: outlier images"):
+            data.load(
+                {**base, "name": "fashion_mnist", "source": "tfds", "outlier_source": "cifar100"}
+            )
