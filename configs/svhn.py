@@ -1,0 +1,31 @@
+"""SVHN (TFDS ``svhn_cropped``) with layers-18pct and contrast normalization, as in the paper.
+
+Section 4.2: Q fixed for the first 5 epochs, then 95 epochs with weight decay 0.1 on Q.
+Prepare the data once with ``tfds build svhn_cropped --data_dir=DIR`` (needs tensorflow and
+internet) and pass ``--config.dataset.data_dir=DIR``.
+"""
+
+from nlnoise.config import base_config, finalize
+
+
+def runlocal(c):
+    c.dataset.train_size = 1000
+    c.dataset.num_test_examples = 1000
+    c.num_epochs = 2
+    c.noise.freeze_epochs = 1
+    c.batch_size = 100
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.dataset.name = "svhn_cropped"
+    c.dataset.source = "tfds"
+    c.dataset.contrast_normalization = True
+    c.model.name = "layers18pct"
+    c.num_epochs = 100
+    c.noise.freeze_epochs = 5
+    c.noise.q_weight_decay = 0.1
+    c.learning_rate = 0.001
+    c.weight_decay = 0.004
+    c.layer_weight_decay = {"fc10": 1.0}
+    return finalize(c, arg, runlocal)

@@ -1,0 +1,292 @@
+"""Run configuration: defaults, variant strings, and validation before anything runs.
+
+A run is described by one ``ml_collections.ConfigDict``. ``configs/*.py`` files build it with
+:func:`base_config` and :func:`finalize`; :func:`validate` rejects bad values with a
+:class:`ConfigError` that names the field and the fix, before any output is written.
+
+Keys (users and scripts rely on these names):
+
+* ``seed``, ``batch_size`` (global), ``num_epochs``, ``learning_rate``, ``momentum``,
+  ``weight_decay``, ``layer_weight_decay`` (``{layer: wc}``), ``lr_boundaries_epochs``,
+  ``lr_decay_factor``: the network's SGD, in the mean-loss convention (cuda-convnet's
+  ``epsW``/``wc`` carry over unchanged; see :mod:`nlnoise.optim`).
+* ``model.name`` (a :mod:`nlnoise.models` name), ``model.kwargs``.
+* ``noise.model``: ``none`` | ``learned`` | ``true`` | ``outlier``; ``noise.kind`` (a
+  :func:`nlnoise.noise.make` family), ``noise.level``, ``noise.seed``, ``noise.m``,
+  ``noise.confusion_path``, ``noise.q_path`` (``kind=custom``); ``noise.alpha`` (None: from
+  the outlier counts) and ``noise.alpha_scale``; ``noise.freeze_epochs``, ``noise.q_weight_decay``,
+  ``noise.q_learning_rate`` (None: ``learning_rate``), ``noise.q_momentum``,
+  ``noise.q_regularizer``; ``noise.q_init``: ``identity`` (the paper: Q leaves the identity by
+  decay) or ``confusion`` (at the end of the freeze Q is set to ``P(noisy | prediction)``
+  measured over the last ``noise.q_stats_epochs`` epochs of training batches).
+* ``dataset.*``: see :mod:`nlnoise.data`.
+* ``mesh.data`` (-1: all remaining devices), ``mesh.model``.
+* ``eval_every_epochs``, ``checkpoint_every_steps`` (0: once per epoch), ``keep_checkpoints``,
+  ``log_every_steps``, ``progress_bar``, ``tensorboard``, ``plots``, ``max_steps`` (0: no cap).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from typing import Any
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+NOISE_MODELS = ("none", "learned", "true", "outlier")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every experiment (the paper's CIFAR-10 schedule where it has one)."""
+    from nlnoise.data import default_dataset_config
+
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 128
+    c.num_epochs = 100
+    c.max_steps = 0
+    c.learning_rate = 0.001
+    c.momentum = 0.9
+    c.weight_decay = 0.004
+    c.layer_weight_decay = ml_collections.ConfigDict({"fc10": 1.0})
+    c.lr_boundaries_epochs = ()
+    c.lr_decay_factor = 0.1
+
+    c.model = ml_collections.ConfigDict({"name": "layers18pct", "kwargs": {}})
+
+    c.noise = ml_collections.ConfigDict()
+    c.noise.model = "learned"
+    c.noise.kind = "paper_random"
+    c.noise.level = 0.5
+    c.noise.seed = 0
+    c.noise.m = 10
+    c.noise.confusion_path = placeholder(str)
+    c.noise.q_path = placeholder(str)  # kind=custom: a .npy [K, K] column-stochastic matrix
+    c.noise.alpha = placeholder(float)  # None: from the outlier counts of the dataset
+    c.noise.alpha_scale = 1.0
+    c.noise.freeze_epochs = 30.0
+    c.noise.q_weight_decay = 0.1
+    c.noise.q_learning_rate = placeholder(float)  # None: the network's learning rate
+    c.noise.q_momentum = 0.0
+    c.noise.q_regularizer = "weight_decay"
+    c.noise.q_init = "identity"
+    c.noise.q_stats_epochs = 1.0
+
+    c.dataset = default_dataset_config()
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+
+    c.eval_every_epochs = 1.0
+    c.checkpoint_every_steps = 0
+    c.keep_checkpoints = 3
+    c.log_every_steps = 50
+    c.progress_bar = True
+    c.tensorboard = True
+    c.plots = True
+    return c
+
+
+def parse_variant(arg: str | None) -> dict[str, Any]:
+    """``"noise=0.5,model=learned"`` -> ``{"noise": 0.5, "model": "learned"}`` (literals parsed)."""
+    out: dict[str, Any] = {}
+    if not arg:
+        return out
+    for part in arg.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep:
+            out[key.strip()] = True
+            continue
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def set_path(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    """Sets ``cfg.a.b = value`` for ``"a.b"``, rejecting keys the config does not have."""
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for i, p in enumerate(parents):
+        if p not in node:
+            raise ConfigError(f"{'.'.join(parents[: i + 1])}: unknown config key.")
+        node = node[p]
+    if leaf not in node:
+        raise ConfigError(
+            f"{dotted}: unknown config key; valid keys here are {sorted(node.keys())}."
+        )
+    old = node[leaf]
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(old, tuple) and isinstance(value, list):
+        value = tuple(value)
+    try:
+        node[leaf] = value
+    except TypeError as e:
+        raise ConfigError(f"{dotted}: {e}") from None
+
+
+# Short names accepted in variant strings, e.g. "configs/cifar10.py:noise=0.5,model=learned".
+ALIASES = {
+    "noise": "noise.level",
+    "level": "noise.level",
+    "model": "noise.model",
+    "kind": "noise.kind",
+    "alpha": "noise.alpha",
+    "alpha_scale": "noise.alpha_scale",
+    "freeze": "noise.freeze_epochs",
+    "q_wd": "noise.q_weight_decay",
+    "net": "model.name",
+    "epochs": "num_epochs",
+    "size": "dataset.train_size",
+    "batch": "batch_size",
+    "lr": "learning_rate",
+    "seed": "seed",
+}
+
+
+def finalize(cfg: ml_collections.ConfigDict, arg: str | None, runlocal=None
+             ) -> ml_collections.ConfigDict:
+    """Applies ``arg``'s variants, then (if ``runlocal`` is in it) the ``runlocal`` edits.
+
+    ``runlocal`` is a function editing the config in place into a real run on a small slice of
+    real data that finishes in well under a minute on a 2-core CPU.
+    """
+    variants = parse_variant(arg)
+    if variants.pop("runlocal", False) and runlocal is not None:
+        runlocal(cfg)
+    for key, value in variants.items():
+        set_path(cfg, ALIASES.get(key, key), value)
+    return cfg
+
+
+def _err(field: str, msg: str) -> ConfigError:
+    return ConfigError(f"{field}: {msg}")
+
+
+def _number(cfg, field: str, *, lo=None, hi=None, integer=False, lo_open=False,
+            optional=False) -> None:
+    node = cfg
+    for p in field.split("."):
+        node = node[p]
+    if node is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        raise _err(field, f"must be {kind}, got {node!r} ({type(node).__name__}).")
+    if integer and int(node) != node:
+        raise _err(field, f"must be {kind}, got {node!r}.")
+    if not math.isfinite(node):
+        raise _err(field, f"must be finite, got {node!r}.")
+    if lo is not None and (node <= lo if lo_open else node < lo):
+        raise _err(field, f"must be {'>' if lo_open else '>='} {lo}, got {node!r}.")
+    if hi is not None and node > hi:
+        raise _err(field, f"must be <= {hi}, got {node!r}.")
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Raises :class:`ConfigError` for the first invalid value. Does no I/O and trains nothing.
+
+    ``num_devices`` (default: ``jax.device_count()``) checks the mesh and batch divisibility.
+    """
+    from nlnoise import models, noise
+
+    _number(cfg, "seed", lo=0, integer=True)
+    _number(cfg, "batch_size", lo=1, integer=True)
+    _number(cfg, "num_epochs", lo=1, integer=True)
+    _number(cfg, "max_steps", lo=0, integer=True)
+    _number(cfg, "learning_rate", lo=0, lo_open=True)
+    _number(cfg, "momentum", lo=0, hi=1)
+    if cfg.momentum >= 1:
+        raise _err("momentum", f"must be < 1 (it is a decay factor), got {cfg.momentum}.")
+    _number(cfg, "weight_decay", lo=0)
+    for layer, wd in cfg.layer_weight_decay.items():
+        if isinstance(wd, bool) or not isinstance(wd, int | float) or wd < 0:
+            raise _err(f"layer_weight_decay.{layer}", f"must be a number >= 0, got {wd!r}.")
+    _number(cfg, "lr_decay_factor", lo=0, hi=1)
+    if list(cfg.lr_boundaries_epochs) != sorted(cfg.lr_boundaries_epochs):
+        raise _err("lr_boundaries_epochs", "must be increasing epoch numbers.")
+
+    if cfg.model.name not in models.MODELS:
+        raise _err("model.name",
+                   f"unknown model {cfg.model.name!r}; choose one of {models.MODELS}.")
+
+    n = cfg.noise
+    if n.model not in NOISE_MODELS:
+        raise _err("noise.model", f"must be one of {NOISE_MODELS}, got {n.model!r}.")
+    if n.kind not in (*noise.KINDS, "custom"):
+        raise _err("noise.kind", f"must be one of {(*noise.KINDS, 'custom')}, got {n.kind!r}.")
+    if n.kind == "custom" and not n.q_path:
+        raise _err("noise.q_path", "noise.kind=custom needs the path of a .npy [K, K] "
+                   "column-stochastic matrix (q[j, i] = p(noisy=j | true=i)).")
+    _number(cfg, "noise.level", lo=0, hi=1)
+    _number(cfg, "noise.seed", lo=0, integer=True)
+    _number(cfg, "noise.m", lo=1, integer=True)
+    _number(cfg, "noise.alpha", lo=0, hi=1, optional=True)
+    _number(cfg, "noise.alpha_scale", lo=0, lo_open=True)
+    _number(cfg, "noise.freeze_epochs", lo=0)
+    _number(cfg, "noise.q_weight_decay", lo=0)
+    _number(cfg, "noise.q_learning_rate", lo=0, lo_open=True, optional=True)
+    _number(cfg, "noise.q_momentum", lo=0, hi=1)
+    if n.q_regularizer not in ("weight_decay", "trace"):
+        raise _err("noise.q_regularizer", f"must be 'weight_decay' or 'trace', got "
+                   f"{n.q_regularizer!r}.")
+    if n.q_init not in ("identity", "confusion"):
+        raise _err("noise.q_init", f"must be 'identity' (the paper) or 'confusion', got "
+                   f"{n.q_init!r}.")
+    _number(cfg, "noise.q_stats_epochs", lo=0, lo_open=True)
+    if n.model == "learned" and n.q_init == "confusion" and n.freeze_epochs <= 0:
+        raise _err("noise.freeze_epochs", "q_init='confusion' estimates Q from the network's "
+                   "predictions during the freeze, so freeze_epochs must be > 0.")
+    if n.kind == "adversarial" and not n.confusion_path:
+        raise _err("noise.confusion_path", "noise.kind=adversarial needs the path of a clean "
+                   "model's confusion matrix (.npy, confusion[pred, true]).")
+    if n.model == "true" and n.kind == "identity":
+        raise _err("noise.model", "'true' needs a noise matrix; noise.kind=identity has none. "
+                   "Use noise.model=none for clean data.")
+    if n.model == "outlier" and not cfg.dataset.num_known_outliers and n.alpha is None:
+        raise _err("noise.alpha", "the outlier model needs alpha: set dataset.num_known_outliers "
+                   "> 0 (alpha then follows from the counts) or noise.alpha in [0, 1].")
+    if n.freeze_epochs > cfg.num_epochs:
+        raise _err("noise.freeze_epochs", f"({n.freeze_epochs}) exceeds num_epochs "
+                   f"({cfg.num_epochs}): Q would never be learned.")
+
+    _number(cfg, "eval_every_epochs", lo=0, lo_open=True)
+    _number(cfg, "checkpoint_every_steps", lo=0, integer=True)
+    _number(cfg, "keep_checkpoints", lo=1, integer=True)
+    _number(cfg, "log_every_steps", lo=1, integer=True)
+    _validate_mesh(cfg, num_devices)
+
+
+def _validate_mesh(cfg, num_devices: int | None) -> None:
+    import jax
+
+    devices = jax.device_count() if num_devices is None else num_devices
+    _number(cfg, "mesh.model", lo=1, integer=True)
+    _number(cfg, "mesh.data", lo=-1, integer=True)
+    data, model = cfg.mesh.data, cfg.mesh.model
+    if data == 0:
+        raise _err("mesh.data", "must be >= 1, or -1 for all devices not used by mesh.model.")
+    if devices % model and cfg.mesh.data == -1:
+        raise _err("mesh.model", f"{model} does not divide the {devices} devices available.")
+    data = devices // model if data == -1 else data
+    if data * model > devices or (data * model < devices and jax.process_count() > 1):
+        raise _err("mesh", f"data x model = {data} x {model} = {data * model}, but there are "
+                   f"{devices} devices; set mesh.data=-1 to use them all.")
+    if cfg.batch_size % data:
+        raise _err("batch_size", f"{cfg.batch_size} is not divisible by the {data} devices on "
+                   f"the mesh's data axis; use a multiple of {data}.")
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+    """Canonical JSON of a config (sorted keys), used to recognise a workdir's run."""
+    return json.dumps(cfg.to_dict(), sort_keys=True, default=str, indent=1)

@@ -1,0 +1,102 @@
+"""Figures: Q heatmaps beside Q* (the paper's Fig. 3c), training curves, outlier PR curves.
+
+Each function writes one PNG and returns its path. Matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)  # a half-drawn figure never replaces a good one
+    return path
+
+
+def q_heatmaps(q: np.ndarray, q_true: np.ndarray | None, path: str,
+               class_names: Sequence[str] | None = None, title: str = "") -> str:
+    """Learned Q beside Q* (when known), columns = true class, rows = noisy label."""
+    mats = [("Q* (true noise)", q_true), ("learned Q", q)] if q_true is not None else [("Q", q)]
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], mats, strict=True):
+        im = ax.imshow(np.asarray(m), vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(name)
+        ax.set_xlabel("true class i")
+        ax.set_ylabel("noisy label j")
+        if class_names is not None and len(class_names) == m.shape[1] <= 12:
+            ax.set_xticks(range(m.shape[1]), class_names, rotation=90, fontsize=7)
+            ax.set_yticks(range(m.shape[0]), list(class_names)[: m.shape[0]], fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="q[j, i] = p(noisy=j | true=i)")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def training_curves(records: Sequence[dict], path: str, title: str = "") -> str:
+    """Test error, noisy train error and loss against epoch; tr(Q) against tr(Q*) if present."""
+    epochs = [r["epoch"] for r in records]
+    has_q = any("q_trace" in r for r in records)
+    fig, axes = plt.subplots(1, 3 if has_q else 2, figsize=(13 if has_q else 9, 3.6))
+    ax = axes[0]
+    ax.plot(epochs, [100 * r["test_error"] for r in records], "o-", label="clean test error")
+    ax.plot(epochs, [100 * r["noisy_train_error"] for r in records], "s--",
+            label="noisy train error")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (%)")
+    ax.legend()
+    axes[1].plot(epochs, [r["train_loss"] for r in records], "o-")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("train loss (noisy labels)")
+    if has_q:
+        ax = axes[2]
+        ax.plot(epochs, [r.get("q_trace", np.nan) for r in records], "o-", label="tr(Q)")
+        if any("q_star_trace" in r for r in records):
+            ax.plot(epochs, [r.get("q_star_trace", np.nan) for r in records], "k--",
+                    label="tr(Q*)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("trace")
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pr_curves(curves: dict[str, dict], path: str, title: str = "") -> str:
+    """Outlier-detection precision-recall curves: ``{label: {"precision", "recall", "ap"}}``."""
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    for label, c in curves.items():
+        ax.plot(c["recall"], c["precision"], label=f"{label} (AP {c['average_precision']:.3f})")
+    ax.set_xlabel("recall (outliers)")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def error_vs_noise(table: Sequence[dict], path: str, x: str = "noise_level",
+                   title: str = "") -> str:
+    """Clean test error against ``x`` (e.g. noise level), one curve per noise model."""
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for model in sorted({r["model"] for r in table}):
+        rows = sorted((r for r in table if r["model"] == model), key=lambda r: r[x])
+        ax.plot([r[x] for r in rows], [100 * r["test_error"] for r in rows], "o-", label=model)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("clean test error (%)")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

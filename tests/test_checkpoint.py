@@ -1,0 +1,146 @@
+"""CheckpointStore: state + data iterator round trip, damaged checkpoints, failed saves."""
+
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nlnoise import checkpoint, data
+
+
+@pytest.fixture(scope="module")
+def digits():
+    cfg = data.default_dataset_config()
+    cfg.name = "digits"
+    return cfg, data.load(cfg)
+
+
+def _iterator(digits):
+    cfg, ds = digits
+    return data.train_iterator(ds, cfg, global_batch_size=32, seed=0)
+
+
+def _tree(x: float):
+    return {"w": jnp.full((3, 4), x, jnp.float32), "step": jnp.asarray(int(x), jnp.int32)}
+
+
+def test_round_trip_restores_state_and_data_position(tmp_path, digits):
+    it = _iterator(digits)
+    for _ in range(3):
+        next(it)
+    store = checkpoint.CheckpointStore(str(tmp_path / "ckpt"), keep=2)
+    store.save(3, _tree(3.0), it)
+    store.wait()
+    expected = [next(it)["index"] for _ in range(4)]
+    it2 = _iterator(digits)
+    restored = checkpoint.CheckpointStore(str(tmp_path / "ckpt")).restore(_tree(0.0), it2)
+    assert restored is not None
+    state, step = restored
+    assert step == 3
+    np.testing.assert_array_equal(state["w"], np.full((3, 4), 3.0))
+    for e in expected:
+        np.testing.assert_array_equal(next(it2)["index"], e)
+
+
+def test_keep_last_n(tmp_path, digits):
+    it = _iterator(digits)
+    store = checkpoint.CheckpointStore(str(tmp_path / "c"), keep=2)
+    for s in (1, 2, 3):
+        store.save(s, _tree(float(s)), it)
+    store.wait()
+    assert store.steps() == [2, 3]
+
+
+def _corrupt(step_dir: pathlib.Path, how: str) -> None:
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 0)
+    assert files
+    if how == "truncate":
+        for p in files:
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    elif how == "garbage":
+        for p in files:
+            p.write_bytes(os.urandom(p.stat().st_size))
+    elif how == "half-written":  # the directory exists but the save never finished
+        for p in files:
+            p.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncate", "garbage", "half-written"])
+def test_damaged_latest_falls_back_to_newest_intact(tmp_path, digits, how, caplog):
+    it = _iterator(digits)
+    directory = tmp_path / "ckpt"
+    store = checkpoint.CheckpointStore(str(directory), keep=3)
+    store.save(1, _tree(1.0), it)
+    store.save(2, _tree(2.0), it)
+    store.wait()
+    _corrupt(directory / "2", how)
+    store2 = checkpoint.CheckpointStore(str(directory))
+    with caplog.at_level("WARNING", logger="nlnoise"):
+        state, step = store2.restore(_tree(0.0), _iterator(digits))
+    assert step == 1 and float(state["w"][0, 0]) == 1.0
+    assert "step 2 is damaged" in caplog.text
+    assert (directory / "1").exists()  # the intact one is never touched
+    assert list((tmp_path / "ckpt-damaged").iterdir())  # the damaged one is kept aside
+    # The resumed run can save step 2 again.
+    store2.save(2, _tree(2.5), _iterator(digits))
+    store2.wait()
+    assert store2.steps() == [1, 2]
+
+
+def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(tmp_path, digits):
+    it = _iterator(digits)
+    store = checkpoint.CheckpointStore(str(tmp_path / "c"))
+    store.save(1, _tree(1.0), it)
+    store.wait()
+    _corrupt(tmp_path / "c" / "1", "garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="could be read"):
+        checkpoint.CheckpointStore(str(tmp_path / "c")).restore(_tree(0.0), _iterator(digits))
+
+
+_FULL_DISK_SAVE = r"""
+import resource, signal, sys
+import jax.numpy as jnp
+from nlnoise import checkpoint, data
+cfg = data.default_dataset_config(); cfg.name = "digits"
+ds = data.load(cfg)
+it = data.train_iterator(ds, cfg, global_batch_size=32, seed=0)
+store = checkpoint.CheckpointStore(sys.argv[1])
+# A disk that is full from now on: every write past 64 bytes fails with EFBIG (even for root).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+try:
+    store.save(2, {"w": jnp.full((64, 64), 2.0), "step": jnp.asarray(2)}, it)
+    store.wait()
+except checkpoint.CheckpointError as e:
+    print("CLEAR ERROR:", e)
+    sys.exit(3)
+sys.exit(0)
+"""
+
+
+def test_failed_save_on_full_disk_raises_and_keeps_previous(tmp_path, digits):
+    import subprocess
+    import sys
+
+    it = _iterator(digits)
+    directory = tmp_path / "c"
+    store = checkpoint.CheckpointStore(str(directory))
+    store.save(1, {"w": jnp.full((64, 64), 1.0), "step": jnp.asarray(1)}, it)
+    store.wait()
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK_SAVE, str(directory)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-2000:]
+    assert "CLEAR ERROR" in proc.stdout and "step 2" in proc.stdout
+    state, step = checkpoint.CheckpointStore(str(directory)).restore(
+        {"w": jnp.zeros((64, 64)), "step": jnp.asarray(0)}, _iterator(digits))
+    assert step == 1 and float(state["w"][0, 0]) == 1.0
+
+
+def test_abstract_like_carries_shardings():
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
+    sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    abstract = checkpoint.abstract_like({"x": jnp.zeros(4)}, {"x": sh})
+    assert abstract["x"].sharding == sh and abstract["x"].shape == (4,)

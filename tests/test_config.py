@@ -1,0 +1,112 @@
+"""Config files, variants and validation (every bad value is named before anything runs)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from nlnoise import config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def load(name: str, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+@pytest.mark.parametrize(
+    "name", ["fashion_mnist", "cifar10", "svhn", "imagenet_alexnet", "cifar10_outlier", "digits"]
+)
+def test_every_config_file_validates(name):
+    cfg = load(name)
+    config.validate(cfg, num_devices=8)
+    for key in ("seed", "batch_size", "num_epochs", "learning_rate"):
+        assert key in cfg
+    for key in ("model", "kind", "level", "alpha", "freeze_epochs", "q_weight_decay"):
+        assert key in cfg.noise
+    assert "data" in cfg.mesh and "model" in cfg.mesh
+
+
+def test_paper_schedules_are_the_defaults():
+    assert load("cifar10").noise.freeze_epochs == 30
+    assert load("svhn").noise.freeze_epochs == 5
+    for name in ("cifar10", "svhn"):
+        c = load(name)
+        assert c.noise.q_weight_decay == 0.1 and c.num_epochs == 100
+        assert c.learning_rate == 0.001 and c.layer_weight_decay.fc10 == 1.0
+
+
+def test_variants_and_runlocal():
+    c = load("cifar10", "noise=0.3,model=learned,size=20000")
+    assert (c.noise.level, c.noise.model, c.dataset.train_size) == (0.3, "learned", 20000)
+    r = load("fashion_mnist", "runlocal,noise=0.7")
+    assert r.dataset.train_size <= 5000 and r.num_epochs <= 3 and r.noise.level == 0.7
+    o = load("cifar10_outlier", "ratio=2.0,model=none")
+    assert o.dataset.num_outliers == 2 * o.dataset.train_size
+    assert o.dataset.num_known_outliers == 0
+    a = load("imagenet_alexnet", "outlier,mesh_model=4")
+    assert a.noise.model == "outlier" and a.mesh.model == 4
+
+
+def test_unknown_variant_key_is_rejected_with_valid_keys():
+    with pytest.raises(config.ConfigError, match="noize"):
+        load("cifar10", "noize=0.5")
+    with pytest.raises(config.ConfigError, match=r"noise\.levle.*valid keys"):
+        load("cifar10", "noise.levle=0.5")
+
+
+def test_parse_variant_literals():
+    assert config.parse_variant("a=0.5,b=learned,flag") == {"a": 0.5, "b": "learned",
+                                                            "flag": True}
+    assert config.parse_variant("") == {}
+
+
+BAD = [
+    ("noise.level", 1.5, "noise.level"),
+    ("noise.level", -0.1, "noise.level"),
+    ("noise.alpha", 1.2, "noise.alpha"),
+    ("noise.model", "oracle", "noise.model"),
+    ("noise.kind", "gaussian", "noise.kind"),
+    ("noise.q_regularizer", "l1", "noise.q_regularizer"),
+    ("noise.freeze_epochs", 500, "noise.freeze_epochs"),
+    ("noise.q_weight_decay", -1.0, "noise.q_weight_decay"),
+    ("noise.q_learning_rate", 0.0, "noise.q_learning_rate"),
+    ("batch_size", 0, "batch_size"),
+    ("batch_size", 100, "batch_size"),  # not divisible by 8 devices
+    ("learning_rate", 0.0, "learning_rate"),
+    ("momentum", 1.0, "momentum"),
+    ("num_epochs", 0, "num_epochs"),
+    ("model.name", "resnet", "model.name"),
+    ("mesh.model", 3, "mesh.model"),
+    ("mesh.data", 16, "mesh"),
+    ("keep_checkpoints", 0, "keep_checkpoints"),
+    ("lr_boundaries_epochs", (60, 30), "lr_boundaries_epochs"),
+    ("eval_every_epochs", 0.0, "eval_every_epochs"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "named"), BAD)
+def test_bad_values_are_rejected_naming_the_field(field, value, named):
+    cfg = load("cifar10")
+    config.set_path(cfg, field, value)
+    with pytest.raises(config.ConfigError, match=named.replace(".", r"\.")):
+        config.validate(cfg, num_devices=8)
+
+
+def test_wrong_type_is_rejected():
+    cfg = load("cifar10")
+    with pytest.raises(config.ConfigError, match="learning_rate"):
+        config.set_path(cfg, "learning_rate", "fast")
+    cfg.batch_size = 128
+    cfg.noise.model = "outlier"
+    with pytest.raises(config.ConfigError, match="noise.alpha"):
+        config.validate(cfg, num_devices=8)
+
+
+def test_adversarial_needs_a_confusion_matrix():
+    cfg = load("cifar10", "kind=adversarial")
+    with pytest.raises(config.ConfigError, match="confusion_path"):
+        config.validate(cfg, num_devices=1)

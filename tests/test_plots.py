@@ -1,0 +1,27 @@
+"""Plots are written atomically as real PNG files."""
+
+import numpy as np
+
+from nlnoise import noise, plots
+
+
+def _is_png(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_all_plots(tmp_path):
+    q_star = noise.paper_random(5, 0.5)
+    p = plots.q_heatmaps(np.eye(5), q_star, str(tmp_path / "q.png"), class_names=list("abcde"))
+    assert _is_png(p)
+    records = [{"epoch": e, "test_error": 0.3 - 0.01 * e, "noisy_train_error": 0.6,
+                "train_loss": 1.0 / (e + 1), "q_trace": 5 - 0.1 * e, "q_star_trace": 2.5}
+               for e in range(5)]
+    assert _is_png(plots.training_curves(records, str(tmp_path / "c.png")))
+    pr = {"m": {"precision": np.array([1.0, 0.5]), "recall": np.array([0.0, 1.0]),
+                "average_precision": 0.7}}
+    assert _is_png(plots.pr_curves(pr, str(tmp_path / "sub" / "pr.png")))
+    table = [{"model": m, "noise_level": lv, "test_error": 0.1 + lv / (2 if m == "learned" else 1)}
+             for m in ("none", "learned") for lv in (0.3, 0.5, 0.7)]
+    assert _is_png(plots.error_vs_noise(table, str(tmp_path / "e.png")))
+    assert not list(tmp_path.glob("**/*.tmp.png"))

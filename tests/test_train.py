@@ -1,0 +1,138 @@
+"""Train state, pure train/eval steps, non-finite detection, device-count agreement."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nlnoise import models, noise, optim, sharding, train
+
+K = 4
+
+
+def _state(noise_model="learned", freeze_steps=0, q_init=None, lr=0.1, seed=0):
+    model = models.get_model("tiny_cnn", K)
+    q_tx = (optim.q_optimizer(lr, weight_decay=0.1, freeze_steps=freeze_steps)
+            if noise_model == "learned" else None)
+    tx = optim.train_state_optimizer(optim.net_optimizer(lr, momentum=0.9), q_tx)
+    return train.create_train_state(
+        model, tx, input_shape=(8, 8, 1), q_init=np.eye(K) if q_init is None else q_init,
+        noise_model=noise_model, num_classes=K, seed=seed)
+
+
+def _batch(seed=0, n=16):
+    rng = np.random.default_rng(seed)
+    return {"image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
+            "label": jnp.asarray(rng.integers(0, K, n), jnp.int32)}
+
+
+def test_train_step_is_pure_and_reduces_loss():
+    state, batch = _state("none"), _batch()
+    step = jax.jit(train.train_step)
+    rng = jax.random.key(1)
+    a, ma = step(state, batch, rng)
+    b, mb = step(state, batch, rng)
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a.params, b.params))
+    assert float(ma["loss"]) == float(mb["loss"])
+    s = state
+    for _ in range(30):
+        s, m = step(s, batch, rng)
+    assert float(m["loss"]) < float(ma["loss"]) - 0.3
+    assert int(s.step) == 30
+
+
+def test_q_is_frozen_bit_for_bit_then_learned_and_fixed_q_never_moves():
+    state, batch = _state("learned", freeze_steps=3), _batch()
+    step = jax.jit(train.train_step)
+    for t in range(5):
+        state, _ = step(state, batch, jax.random.key(t))
+        if t < 3:
+            assert np.array_equal(np.asarray(state.params["q"]), np.eye(K, dtype=np.float32))
+    assert not np.array_equal(np.asarray(state.params["q"]), np.eye(K, dtype=np.float32))
+    np.testing.assert_allclose(state.params["q"].sum(0), 1.0, atol=1e-6)
+    q_star = noise.paper_random(K, 0.4)
+    fixed = _state("true", q_init=q_star)
+    for t in range(3):
+        fixed, _ = step(fixed, batch, jax.random.key(t))
+    np.testing.assert_array_equal(fixed.params["q"], q_star.astype(np.float32))
+
+
+def test_eval_removes_the_noise_layer():
+    state = _state("true", q_init=noise.pair_flip(K, 0.45))
+    batch = {**_batch(), "mask": jnp.ones(16, bool)}
+    out = train.eval_step(state, batch)
+    logits = train.predict(state, batch["image"])
+    np.testing.assert_array_equal(out["pred"], np.argmax(logits, -1))
+    p = jax.nn.softmax(logits)
+    np.testing.assert_allclose(out["outlier_score"], -np.sum(p * np.log(p), -1), rtol=1e-5)
+
+
+def test_outlier_model_scores_with_the_extra_output():
+    model = models.get_model("tiny_cnn", K + 1)
+    tx = optim.train_state_optimizer(optim.net_optimizer(0.1), None)
+    state = train.create_train_state(model, tx, input_shape=(8, 8, 1),
+                                     q_init=noise.outlier_eqn9(K, 0.2), noise_model="outlier",
+                                     num_classes=K)
+    out = train.eval_step(state, _batch())
+    logits = train.predict(state, _batch()["image"])
+    np.testing.assert_allclose(out["outlier_score"], jax.nn.softmax(logits)[:, K], rtol=1e-5)
+    assert int(out["pred"].max()) < K  # predictions only among the K inlier classes
+
+
+@pytest.mark.parametrize("poison", ["image", "q"])
+def test_non_finite_is_caught_named_and_state_held(poison):
+    state, batch = _state("learned"), _batch()
+    step = jax.jit(train.train_step)
+    state, _ = step(state, batch, jax.random.key(0))
+    good = jax.tree.map(np.asarray, state.params)
+    if poison == "image":
+        batch = {**batch, "image": batch["image"].at[0, 0, 0, 0].set(jnp.nan)}
+    else:
+        state = state.replace(params={**state.params,
+                                      "q": state.params["q"].at[0, 0].set(jnp.inf)})
+    state, _ = step(state, batch, jax.random.key(1))
+    state, _ = step(state, _batch(1), jax.random.key(2))  # later good steps don't hide it
+    with pytest.raises(train.NonFiniteError, match="at step 1") as e:
+        train.check_finite(state)
+    # A NaN pixel can vanish in max-pooling's forward pass but never in its gradient.
+    assert ("gradients" in str(e.value)) if poison == "image" else ("Q" in str(e.value))
+    if poison == "image":  # parameters were held at their last finite values
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), good)
+
+
+@pytest.mark.parametrize(("data", "model"), [(4, 1), (2, 2), (8, 1)])
+def test_same_results_on_1_and_n_devices(data, model):
+    """Data parallel (and Q/model-axis sharding) changes only summation order."""
+    devices = jax.devices()
+    assert len(devices) >= data * model, "conftest sets 8 simulated CPU devices"
+    batches = [_batch(s, n=32) for s in range(4)]
+    results = []
+    for mesh in (sharding.make_mesh(1, 1, devices[:1]),
+                 sharding.make_mesh(data, model, devices[: data * model])):
+        base = _state("learned", q_init=noise.symmetric(K, 0.2))  # fresh: steps donate it
+        st_sh = sharding.state_shardings(mesh, base)
+        step = train.jit_train_step(mesh, st_sh)
+        s = jax.device_put(base, st_sh)
+        for b in batches:
+            s, m = step(s, jax.device_put(b, sharding.batch_sharding(mesh)))
+        results.append((jax.tree.map(np.asarray, s.params), float(m["loss"])))
+    (p1, l1), (pn, ln) = results
+    assert l1 == pytest.approx(ln, rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), p1, pn)
+
+
+def test_q_sharded_over_model_axis():
+    mesh = sharding.make_mesh(2, 4, jax.devices()[:8])
+    state = _state("learned", q_init=np.eye(K))
+    st_sh = sharding.state_shardings(mesh, state)
+    placed = jax.device_put(state, st_sh)
+    assert sharding.per_device_bytes(placed.params["q"]) == K * K * 4 // 4
+
+
+def test_train_state_optimizer_gives_q_zero_updates_when_fixed():
+    state = _state("true", q_init=noise.symmetric(K, 0.3))
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    updates, _ = state.tx.update(grads, state.opt_state, state.params)
+    assert float(jnp.abs(updates["q"]).max()) == 0.0
+    assert float(optax.tree.norm(updates["net"])) > 0

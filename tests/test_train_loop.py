@@ -1,0 +1,133 @@
+"""train_and_evaluate end to end on real data (digits): outputs, resume, SIGKILL, device counts."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nlnoise import train, workdir
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from test_config import load  # noqa: E402
+
+
+def _cfg(arg="runlocal", **overrides):
+    cfg = load("digits", arg)
+    cfg.progress_bar = False
+    cfg.mesh.data = 1
+    for k, v in overrides.items():
+        node = cfg
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return cfg
+
+
+def _metrics(path):
+    return [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("run"))
+    summary = train.train_and_evaluate(_cfg(), d)
+    return d, summary
+
+
+def test_run_writes_everything(finished_run):
+    d, summary = finished_run
+    records = _metrics(d)
+    assert len(records) == 10  # one evaluation per epoch
+    for key in ("step", "epoch", "train_loss", "test_error", "noisy_train_error", "q_rel_l1",
+                "q_trace", "q_star_trace"):
+        assert key in records[-1], key
+    for name in ("summary.json", "config.json", "plots/q.png", "plots/curves.png"):
+        assert os.path.exists(os.path.join(d, name)), name
+    assert os.listdir(os.path.join(d, "checkpoints"))
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(d, "tb")))
+    assert summary["final"] == records[-1]
+    assert summary["train_images_per_s"] > 0 and summary["wall_time_s"] > 0
+    assert summary["config"]["noise"]["model"] == "learned"
+    # Learning happened: better than chance on the clean test set despite 50% noise.
+    assert records[-1]["test_error"] < 0.3
+
+
+def test_same_command_on_finished_run_returns_summary_without_training(finished_run):
+    d, summary = finished_run
+    before = os.path.getmtime(os.path.join(d, "metrics.jsonl"))
+    again = train.train_and_evaluate(_cfg(), d)
+    assert again["params_sha256"] == summary["params_sha256"]
+    assert os.path.getmtime(os.path.join(d, "metrics.jsonl")) == before
+
+
+def test_different_config_in_same_workdir_is_refused(finished_run):
+    d, _ = finished_run
+    with pytest.raises(workdir.WorkdirError, match=r"noise\.level"):
+        train.train_and_evaluate(_cfg("runlocal,noise=0.3"), d)
+
+
+def test_overwrite_archives_instead_of_deleting(tmp_path):
+    d = str(tmp_path)
+    train.train_and_evaluate(_cfg(**{"num_epochs": 1, "noise.freeze_epochs": 0.0}), d)
+    train.train_and_evaluate(_cfg(**{"num_epochs": 1, "noise.freeze_epochs": 0.0,
+                                      "seed": 3}), d, overwrite=True)
+    archived = list((tmp_path / "archive").iterdir())
+    assert len(archived) == 1 and (archived[0] / "summary.json").exists()
+    assert json.load(open(tmp_path / "summary.json"))["config"]["seed"] == 3
+
+
+def test_resume_after_interruption_is_bit_exact(tmp_path, finished_run):
+    """Stop after 5 of 10 epochs (max_steps), then extend to 10: identical results."""
+    _, full = finished_run
+    d = str(tmp_path)
+    part = train.train_and_evaluate(_cfg(**{"max_steps": 5 * 22}), d)
+    assert part["steps"] == 110
+    resumed = train.train_and_evaluate(_cfg(), d)
+    assert resumed["params_sha256"] == full["params_sha256"]
+    assert _metrics(d) == _metrics(finished_run[0])
+
+
+def test_restore_onto_more_devices(tmp_path, finished_run):
+    """Checkpointed on 1 device, resumed on 4 (data parallel): same results within tolerance."""
+    _, full = finished_run
+    d = str(tmp_path)
+    train.train_and_evaluate(_cfg(**{"max_steps": 44}), d)
+    resumed = train.train_and_evaluate(_cfg(**{"mesh.data": 4}), d)
+    np.testing.assert_allclose(resumed["q"], full["q"], atol=2e-3)
+    assert abs(resumed["final"]["test_error"] - full["final"]["test_error"]) <= 0.03
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_same_command_gives_identical_result(tmp_path, finished_run):
+    _, full = finished_run
+    d = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nlnoise.main", "--config=configs/digits.py:runlocal",
+           f"--workdir={d}", "--config.progress_bar=False", "--config.mesh.data=1",
+           "--config.checkpoint_every_steps=10"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    ckpts = d / "checkpoints"
+    while time.time() < deadline:
+        steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() \
+            else []
+        if steps and max(steps) >= 100:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (d / "summary.json").exists()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.load(open(d / "summary.json"))
+    assert summary["params_sha256"] == full["params_sha256"]
+    assert _metrics(str(d)) == _metrics(finished_run[0])
