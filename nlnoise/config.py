@@ -18,7 +18,11 @@ Keys (users and scripts rely on these names):
   ``noise.q_learning_rate`` (None: ``learning_rate``), ``noise.q_momentum``,
   ``noise.q_regularizer``; ``noise.q_init``: ``identity`` (the paper: Q leaves the identity by
   decay) or ``confusion`` (at the end of the freeze Q is set to ``P(noisy | prediction)``
-  measured over the last ``noise.q_stats_epochs`` epochs of training batches).
+  measured over the last ``noise.q_stats_epochs`` epochs of training batches);
+  ``noise.q_decay_rule``: ``constant`` or ``lower_on_rise`` (at each evaluation after the
+  freeze, if the noisy training loss rose above its best since the freeze by more than
+  ``noise.q_decay_tolerance`` (relative), the decay on Q is multiplied by
+  ``noise.q_decay_factor``: the paper's manual practice, automated; it needs no clean labels).
 * ``dataset.*``: see :mod:`nlnoise.data`.
 * ``mesh.data`` (-1: all remaining devices), ``mesh.model``.
 * ``eval_every_epochs``, ``checkpoint_every_steps`` (0: once per epoch), ``keep_checkpoints``,
@@ -76,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.noise.q_momentum = 0.0
     c.noise.q_regularizer = "weight_decay"
     c.noise.q_init = "identity"
+    c.noise.q_decay_rule = "lower_on_rise"
+    c.noise.q_decay_factor = 0.1
+    c.noise.q_decay_tolerance = 0.0
     c.noise.q_stats_epochs = 1.0
 
     c.dataset = default_dataset_config()
@@ -244,6 +251,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         raise _err("noise.q_init", f"must be 'identity' (the paper) or 'confusion', got "
                    f"{n.q_init!r}.")
     _number(cfg, "noise.q_stats_epochs", lo=0, lo_open=True)
+    if n.q_decay_rule not in ("constant", "lower_on_rise"):
+        raise _err("noise.q_decay_rule", f"must be 'constant' (the paper's fixed decay) or "
+                   f"'lower_on_rise', got {n.q_decay_rule!r}.")
+    _number(cfg, "noise.q_decay_factor", lo=0, hi=1)
+    _number(cfg, "noise.q_decay_tolerance", lo=0)
     if n.model == "learned" and n.q_init == "confusion" and n.freeze_epochs <= 0:
         raise _err("noise.freeze_epochs", "q_init='confusion' estimates Q from the network's "
                    "predictions during the freeze, so freeze_epochs must be > 0.")

@@ -15,7 +15,7 @@ so its ``epsW`` is our learning rate and its ``wc`` our weight decay, unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,18 +58,41 @@ def project_columns_to_simplex() -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def add_trace_gradient(strength: float) -> optax.GradientTransformation:
-    """Adds ``strength * I``, the gradient of ``strength * tr(Q)``, to the updates of Q."""
+class QDecayState(NamedTuple):
+    """State of :func:`add_q_regularizer`: a multiplier of its strength, 1 unless lowered.
+
+    Training lowers it with ``optax.tree.set(opt_state, q_decay_scale=...)`` (the paper lowered
+    the decay on Q when the training cost climbed; see :func:`nlnoise.train.next_decay_scale`).
+    Being part of the optimizer state, it is checkpointed with it.
+    """
+
+    q_decay_scale: jax.Array
+
+
+def add_q_regularizer(strength: float, kind: str = "weight_decay"
+                      ) -> optax.GradientTransformation:
+    """Adds the regularizer's gradient to Q's updates, times ``q_decay_scale`` (initially 1).
+
+    ``kind="weight_decay"`` adds ``strength * Q`` (the gradient of ``strength/2 ||Q||^2``);
+    ``kind="trace"`` adds ``strength * I`` (the gradient of ``strength * tr(Q)``).
+    """
+    if kind not in ("weight_decay", "trace"):
+        raise ValueError(f"noise.q_regularizer: must be 'weight_decay' or 'trace', got {kind!r}.")
 
     def init_fn(params):
         del params
-        return optax.EmptyState()
+        return QDecayState(q_decay_scale=jnp.ones((), jnp.float32))
 
     def update_fn(updates, state, params=None):
-        del params
-        return jax.tree.map(
-            lambda u: u + strength * jnp.eye(*u.shape, dtype=u.dtype), updates
-        ), state
+        if params is None:
+            raise ValueError(_NO_PARAMS)
+        s = strength * state.q_decay_scale
+
+        def add(u, p):
+            reg = p if kind == "weight_decay" else jnp.eye(*p.shape, dtype=p.dtype)
+            return u + (s * reg).astype(u.dtype)
+
+        return jax.tree.map(add, updates, params), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -96,22 +119,13 @@ def q_optimizer(
       momentum: optional heavy-ball momentum for Q's gradient.
       regularizer: ``"weight_decay"`` (the paper's practice) or ``"trace"`` (its principle).
     """
-    if regularizer not in ("weight_decay", "trace"):
-        raise ValueError(
-            f"noise.q_regularizer: must be 'weight_decay' or 'trace', got {regularizer!r}."
-        )
     if weight_decay < 0:
         raise ValueError(f"noise.q_weight_decay: must be >= 0, got {weight_decay}.")
     if int(freeze_steps) != freeze_steps or freeze_steps < 0:
         raise ValueError(f"freeze_steps: must be a non-negative integer, got {freeze_steps!r}.")
-    decay = (
-        optax.add_decayed_weights(weight_decay)
-        if regularizer == "weight_decay"
-        else add_trace_gradient(weight_decay)
-    )
     inner = optax.chain(
         optax.trace(decay=momentum) if momentum else optax.identity(),
-        decay,
+        add_q_regularizer(weight_decay, regularizer),
         optax.scale_by_learning_rate(learning_rate),
         project_columns_to_simplex(),
     )

@@ -400,6 +400,21 @@ def _jitted_loop_fns(mesh, state_sh, acc_sh):
     return train_fn, jit_eval_step(mesh, state_sh)
 
 
+def next_decay_scale(losses_since_unfreeze: list[float], scale: float, *, factor: float,
+                     tolerance: float) -> float:
+    """The ``lower_on_rise`` rule: the decay multiplier after the newest window's train loss.
+
+    Over-diffusing Q (``tr(Q) < tr(Q*)``) makes the combined model fit the noisy labels worse,
+    so the noisy training loss climbs; the paper then lowered the decay on Q. Here: if the
+    newest loss exceeds the best earlier one (since the freeze ended) by more than
+    ``tolerance`` (relative), multiply the decay by ``factor``. Uses noisy labels only.
+    """
+    if len(losses_since_unfreeze) < 2:
+        return scale
+    *earlier, newest = losses_since_unfreeze
+    return scale * factor if newest > min(earlier) * (1 + tolerance) else scale
+
+
 def _zero_acc():
     return {"loss": jnp.zeros((), jnp.float32), "noisy_error": jnp.zeros((), jnp.float32),
             "count": jnp.zeros((), jnp.int32)}
@@ -481,6 +496,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     state_sh = sharding.state_shardings(mesh, abstract)
     acc_sh = jax.tree.map(lambda _: sharding.replicated(mesh), _zero_acc())
     train_fn, eval_fn = _jitted_loop_fns(mesh, state_sh, acc_sh)
+    set_decay_scale = jax.jit(lambda opt, s: optax.tree.set(opt, q_decay_scale=s),
+                              out_shardings=state_sh.opt_state, donate_argnums=(0,))
+    use_rule = cfg.noise.model == "learned" and cfg.noise.q_decay_rule == "lower_on_rise"
     # Made by jit, not device_put: device_put of host scalars onto a multi-process mesh gives
     # arrays that orbax cannot save (jax 0.10.2).
     zero_acc = jax.jit(_zero_acc, out_shardings=acc_sh)
@@ -539,6 +557,19 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                           "noisy_train_error": float(window["noisy_error"]) / n,
                           **_evaluate(state, eval_fn, cfg, ds, mesh, spec)}
                 pr = record.pop("_pr", None)
+                if use_rule and step > spec.freeze_steps:
+                    scale = float(jax.device_get(optax.tree.get(state.opt_state,
+                                                                "q_decay_scale")))
+                    since = [r["train_loss"] for r in records
+                             if r["step"] - eval_every >= spec.freeze_steps]
+                    new = next_decay_scale([*since, record["train_loss"]], scale,
+                                           factor=cfg.noise.q_decay_factor,
+                                           tolerance=cfg.noise.q_decay_tolerance)
+                    if new != scale:
+                        state = state.replace(opt_state=set_decay_scale(state.opt_state, new))
+                        log.info("noisy train loss rose at step %d: decay on Q now x%g.",
+                                 step, new)
+                    record["q_decay_scale"] = new
                 records.append(record)
                 run_dir.metrics.append(record)
                 reporter.log_eval(record, pr)

@@ -136,3 +136,46 @@ def test_train_state_optimizer_gives_q_zero_updates_when_fixed():
     updates, _ = state.tx.update(grads, state.opt_state, state.params)
     assert float(jnp.abs(updates["q"]).max()) == 0.0
     assert float(optax.tree.norm(updates["net"])) > 0
+
+
+def test_lower_on_rise_rule():
+    rule = lambda losses, s=1.0: train.next_decay_scale(losses, s, factor=0.1, tolerance=0.0)
+    assert rule([2.0]) == 1.0  # nothing to compare with yet
+    assert rule([2.0, 1.9, 1.8]) == 1.0  # still falling
+    assert rule([2.0, 1.8, 1.85]) == pytest.approx(0.1)  # rose above its best: lower decay
+    assert rule([2.0, 1.8, 1.85], 0.1) == pytest.approx(0.01)
+    assert train.next_decay_scale([1.8, 1.81], 1.0, factor=0.1, tolerance=0.01) == 1.0
+
+
+def test_decay_scale_lives_in_the_optimizer_state_and_can_be_lowered():
+    state = _state("learned")
+    assert float(optax.tree.get(state.opt_state, "q_decay_scale")) == 1.0
+    lowered = optax.tree.set(state.opt_state, q_decay_scale=jnp.asarray(0.0))
+    batch = _batch()
+    step = jax.jit(train.train_step)
+    without, _ = step(state.replace(opt_state=lowered), batch, jax.random.key(0))
+    with_decay, _ = step(state, batch, jax.random.key(0))
+    # The decay diffuses Q, so switching it off leaves Q with a larger trace.
+    assert float(jnp.trace(without.params["q"])) > float(jnp.trace(with_decay.params["q"]))
+
+
+def test_confusion_start_sets_q_from_predictions_at_the_end_of_the_freeze():
+    model = models.get_model("tiny_cnn", K)
+    tx = optim.train_state_optimizer(optim.net_optimizer(0.0, momentum=0.0),
+                                     optim.q_optimizer(0.0, weight_decay=0.0, freeze_steps=3))
+    state = train.create_train_state(model, tx, input_shape=(8, 8, 1), q_init=np.eye(K),
+                                     noise_model="learned", num_classes=K, q_init_step=3,
+                                     q_stats_from=1)
+    step = jax.jit(train.train_step)
+    batches = [_batch(s) for s in range(4)]
+    probs = []
+    for t, b in enumerate(batches):
+        logits = train.predict(state, b["image"])
+        probs.append((np.asarray(jax.nn.softmax(logits)), np.asarray(b["label"])))
+        state, _ = step(state, b, jax.random.key(t))
+    stats = np.zeros((K, K))
+    for p, y in probs[1:3]:  # steps 1 and 2 are in the window [1, 3)
+        np.add.at(stats, y, p)
+    expected = stats / stats.sum(0, keepdims=True)
+    # lr 0: Q after step 3 is exactly the estimate (then projected: already on the simplex).
+    np.testing.assert_allclose(state.params["q"], expected, rtol=1e-4, atol=1e-6)

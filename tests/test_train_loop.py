@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from nlnoise import train, workdir
+from nlnoise import noise, train, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -131,3 +131,19 @@ def test_sigkill_mid_run_then_same_command_gives_identical_result(tmp_path, fini
     summary = json.load(open(d / "summary.json"))
     assert summary["params_sha256"] == full["params_sha256"]
     assert _metrics(str(d)) == _metrics(finished_run[0])
+
+
+def test_outlier_run_logs_ap_and_uses_eqn9_with_alpha_from_counts(tmp_path):
+    """Open-set digits: classes 0-4 inliers, 5-9 outliers with random labels + known ones."""
+    cfg = _cfg("runlocal,model='outlier',kind='identity',noise=0.0", **{
+        "dataset.inlier_classes": (0, 1, 2, 3, 4), "dataset.num_outliers": 300,
+        "dataset.num_known_outliers": 100, "num_epochs": 4, "noise.freeze_epochs": 0.0})
+    summary = train.train_and_evaluate(cfg, str(tmp_path))
+    alpha = 100 / 400
+    assert summary["alpha"] == pytest.approx(alpha)
+    np.testing.assert_allclose(summary["q"], noise.outlier_eqn9(5, alpha), atol=1e-6)
+    final = summary["final"]
+    assert 0.0 <= final["outlier_ap"] <= 1.0 and "test_error" in final
+    assert (tmp_path / "plots" / "pr.png").exists()
+    # Scores separate outliers better than their base rate (a random score's AP).
+    assert final["outlier_ap"] > 0.6
