@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import json
 import os
 import sys
 import time
@@ -27,7 +26,9 @@ import ml_collections
 
 from nlnoise import config as config_lib
 
-Grid = Mapping[str, Sequence[Any]] | Sequence[str]
+# A product {key: [values]}, or a list of variant strings / (cell name, variant) pairs.
+Grid = Mapping[str, Sequence[Any]] | Sequence[str | tuple[str, str]]
+Cell = str | tuple[str, str]
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -43,16 +44,24 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return module.get_config(arg or None)
 
 
-def expand(grid: Grid) -> list[str]:
-    """Variant strings of a grid: ``{"noise": [0.3, 0.5], "model": ["none"]}`` ->
-    ``["noise=0.3,model='none'", "noise=0.5,model='none'"]``; a list of strings is kept."""
+def expand(grid: Grid) -> list[Cell]:
+    """Cells of a grid: ``{"noise": [0.3, 0.5], "model": ["none"]}`` ->
+    ``["noise=0.3,model='none'", "noise=0.5,model='none'"]``; a list is kept as it is."""
     if isinstance(grid, Mapping):
         keys = list(grid)
         cells = []
         for values in itertools.product(*(grid[k] for k in keys)):
             cells.append(",".join(f"{k}={v!r}" for k, v in zip(keys, values, strict=True)))
         return cells
-    return [str(g) for g in grid]
+    return [tuple(g) if isinstance(g, tuple | list) else str(g) for g in grid]
+
+
+def split_cell(cell: Cell) -> tuple[str, str]:
+    """``(directory name, variant string)`` of a cell."""
+    if isinstance(cell, tuple):
+        name, variant = cell
+        return cell_name(name), variant
+    return cell_name(cell), cell
 
 
 def cell_name(variant: str) -> str:
@@ -61,15 +70,18 @@ def cell_name(variant: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name) or "default"
 
 
-def _record(variant: str, cfg, summary: dict[str, Any], workdir: str) -> dict[str, Any]:
+def _record(name: str, variant: str, cfg, summary: dict[str, Any], workdir: str
+            ) -> dict[str, Any]:
     final = dict(summary.get("final", {}))
     return {
-        "cell": cell_name(variant),
+        "cell": name,
         "variant": variant,
         "model": cfg.noise.model,
         "noise_kind": cfg.noise.kind,
         "noise_level": cfg.noise.level,
         "train_size": cfg.dataset.train_size,
+        "outlier_ratio": (cfg.dataset.num_outliers / cfg.dataset.train_size
+                          if cfg.dataset.get("num_outliers") else None),
         "alpha": summary.get("alpha"),
         "epochs": summary.get("epochs"),
         "wall_time_s": summary.get("wall_time_s"),
@@ -86,18 +98,27 @@ def run_grid(
     root: str,
     base_variant: str = "",
     overrides: Mapping[str, Any] | None = None,
+    placeholders: Mapping[str, str] | None = None,
     train_fn: Callable[..., dict[str, Any]] | None = None,
+    finished_only: bool = False,
+    keep_going: bool = False,
     verbose: bool = True,
 ) -> list[dict[str, Any]]:
     """Runs every cell of ``grid`` on the config file ``config_path``; returns one record each.
 
     Args:
       config_path: a config file, e.g. ``"configs/fashion_mnist.py"``.
-      grid: ``{short_or_dotted_key: [values]}`` (a product) or a list of variant strings.
+      grid: ``{short_or_dotted_key: [values]}`` (a product) or a list of variant strings or
+        ``(cell name, variant)`` pairs.
       root: directory holding one workdir per cell.
       base_variant: applied before each cell's variant (e.g. ``"epochs=8"``).
+      placeholders: text replaced in variants before they are parsed (not in cell names),
+        e.g. ``{"{root}": root}`` lets a cell read an earlier cell's output.
       overrides: ``{dotted.key: value}`` applied last to every cell (e.g. progress bars off).
       train_fn: defaults to :func:`nlnoise.train.train_and_evaluate`.
+      finished_only: train nothing; tabulate the cells that have finished.
+      keep_going: a cell that fails (bad config, non-finite loss, ...) gets a record with its
+        ``error`` and the sweep goes on; otherwise the error propagates.
 
     Returns:
       Records with the cell's variant, model, noise kind/level, train size, wall time and its
@@ -110,25 +131,36 @@ def run_grid(
     records = []
     os.makedirs(root, exist_ok=True)
     cells = expand(grid)
-    for i, variant in enumerate(cells):
-        full = ",".join(v for v in (base_variant, variant) if v)
-        cfg = load_config(config_path, full)
-        for key, value in (overrides or {}).items():
-            config_lib.set_path(cfg, key, value)
-        workdir = os.path.join(root, cell_name(variant))
+    for i, cell in enumerate(cells):
+        name, variant = split_cell(cell)
+        for old, new in (placeholders or {}).items():
+            variant = variant.replace(old, new)
+        workdir = os.path.join(root, name)
         done = os.path.exists(os.path.join(workdir, "summary.json"))
+        if finished_only and not done:
+            continue
         if verbose:
             state = "done, reading" if done else "running"
             print(f"[{i + 1}/{len(cells)}] {variant}: {state} ({workdir})", file=sys.stderr)
         t0 = time.time()
-        summary = train_fn(cfg, workdir)
-        rec = _record(variant, cfg, summary, workdir)
+        try:
+            full = ",".join(v for v in (base_variant, variant) if v)
+            cfg = load_config(config_path, full)
+            for key, value in (overrides or {}).items():
+                config_lib.set_path(cfg, key, value)
+            summary = train_fn(cfg, workdir)
+        except Exception as e:
+            if not keep_going:
+                raise
+            print(f"    failed: {type(e).__name__}: {e}", file=sys.stderr)
+            records.append({"cell": name, "variant": variant, "workdir": workdir,
+                            "error": f"{type(e).__name__}: {e}"})
+            continue
+        rec = _record(name, variant, cfg, summary, workdir)
         if verbose and not done:
             print(f"    test_error={rec.get('test_error')} q_rel_l1={rec.get('q_rel_l1')} "
                   f"({time.time() - t0:.0f}s)", file=sys.stderr)
         records.append(rec)
-    with open(os.path.join(root, "table.json"), "w") as f:
-        json.dump(records, f, indent=1, default=str)
     return records
 
 
@@ -148,6 +180,7 @@ def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
     ``closure = (err_none - err_learned) / (err_none - err_true)``; the paper's ImageNet result
     is (53.7 - 45.2) / (53.7 - 41.4) = 0.69.
     """
+    table = [r for r in table if "error" not in r]
     out = []
     for value in sorted({r[by] for r in table}):
         rows = {r["model"]: r[metric] for r in table if r[by] == value}

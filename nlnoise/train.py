@@ -367,10 +367,18 @@ def _load_confusion(path: str) -> np.ndarray:
     if not path or not os.path.exists(path):
         raise config_lib.ConfigError(
             f"noise.confusion_path: no file at {path!r}. Train a clean model and save its "
-            "confusion matrix (confusion[pred, true], .npy or .json) there.")
+            "confusion matrix (confusion[pred, true], .npy or .json) there, or point at that "
+            "run's summary.json.")
     if path.endswith(".json"):
         with open(path) as f:
-            return np.asarray(json.load(f), dtype=np.float64)
+            obj = json.load(f)
+        if isinstance(obj, dict):  # a finished run's summary.json
+            if obj.get("test_confusion") is None:
+                raise config_lib.ConfigError(
+                    f"noise.confusion_path: {path} has no 'test_confusion' (a summary.json of "
+                    "a finished run has it); give a run's summary.json or a [K, K] matrix.")
+            obj = obj["test_confusion"]
+        return np.asarray(obj, dtype=np.float64)
     return np.load(path, allow_pickle=False)
 
 
@@ -448,7 +456,9 @@ def _evaluate(state, eval_fn, cfg, ds, mesh, spec: RunSpec) -> dict[str, Any]:
     from nlnoise import evaluate
 
     res = evaluate_source(state, eval_fn, ds.test, cfg, ds, mesh)
-    out: dict[str, Any] = {"test_error": 1.0 - float(res["correct"].mean())}
+    out: dict[str, Any] = {"test_error": 1.0 - float(res["correct"].mean()),
+                           "_confusion": evaluate.confusion(res["pred"], res["label"],
+                                                            spec.num_classes)}
     if ds.test_noisy is not None:
         noisy = evaluate_source(state, eval_fn, ds.test_noisy, cfg, ds, mesh)
         det = evaluate.outlier_detection(noisy["outlier_score"], noisy["is_outlier"])
@@ -529,6 +539,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     reporter = run_dir.reporter(cfg, total=total, initial=start)
     train_time, timed_steps, last_sync, last_step = 0.0, 0, None, start
     step = start
+    last_confusion = None
     try:
         while step < total:
             local = next(it)
@@ -557,6 +568,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                           "noisy_train_error": float(window["noisy_error"]) / n,
                           **_evaluate(state, eval_fn, cfg, ds, mesh, spec)}
                 pr = record.pop("_pr", None)
+                last_confusion = record.pop("_confusion")
                 if use_rule and step > spec.freeze_steps:
                     scale = float(jax.device_get(optax.tree.get(state.opt_state,
                                                                 "q_decay_scale")))
@@ -605,6 +617,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
         "q": q.tolist(),
         "params_sha256": params_digest(params),
         "q_true": None if spec.q_true is None else spec.q_true.tolist(),
+        # confusion[pred, true] on the clean test set after the last step: the input of an
+        # adversarial Q* (noise.kind=adversarial, noise.confusion_path=<this summary.json>).
+        "test_confusion": None if last_confusion is None else last_confusion.tolist(),
         "config": cfg.to_dict(),
     }
     run_dir.finish(summary, records, q=q, q_true=spec.q_true, class_names=ds.class_names,

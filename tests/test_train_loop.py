@@ -147,3 +147,18 @@ def test_outlier_run_logs_ap_and_uses_eqn9_with_alpha_from_counts(tmp_path):
     assert (tmp_path / "plots" / "pr.png").exists()
     # Scores separate outliers better than their base rate (a random score's AP).
     assert final["outlier_ap"] > 0.6
+
+
+def test_summary_confusion_makes_an_adversarial_qstar(finished_run, tmp_path):
+    """summary.json's clean-test confusion feeds noise.kind=adversarial (paper Table 1b)."""
+    d, summary = finished_run
+    conf = np.asarray(summary["test_confusion"])
+    assert conf.shape == (10, 10)
+    np.testing.assert_allclose(conf.sum(0), 1.0)
+    # Its diagonal is the per-class accuracy: mean of it ~ 1 - test_error (classes ~balanced).
+    assert abs(1 - np.diag(conf).mean() - summary["final"]["test_error"]) < 0.05
+    cfg = _cfg(**{"noise.kind": "adversarial", "noise.level": 0.4, "num_epochs": 1,
+                  "noise.freeze_epochs": 0, "noise.model": "true",
+                  "noise.confusion_path": os.path.join(d, "summary.json")})
+    adv = train.train_and_evaluate(cfg, str(tmp_path / "adv"))
+    np.testing.assert_allclose(adv["q_true"], noise.adversarial(conf, 0.4), atol=1e-12)

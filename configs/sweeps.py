@@ -1,0 +1,69 @@
+"""Named grids of the reproductions in docs/results.md: ``nlnoise-sweep --grid=NAME``.
+
+Each sweep names a config file, the variant applied to every cell (``base``), the cells (a
+``{key: [values]}`` product, or a list of variant strings) and the directory its cells live in,
+under ``--root``. Sweeps of one dataset share that directory and spell their cells with the
+same keys in the same order, so a cell two sweeps have in common (e.g. 60k images at 50% noise
+is in both the noise and the size sweep) is trained once. ``{root}`` in a variant string is
+replaced by that directory, which lets a cell read an earlier cell's output; a
+``(name, variant)`` pair names a cell's directory explicitly.
+
+Schedules are shortened to fit a 2-core CPU (docs/results.md says what the paper used):
+Fashion-MNIST 5 epochs with Q frozen for the first 2; CIFAR-10 8 epochs, Q frozen for 3.
+"""
+
+MODELS = ["none", "learned", "true"]
+FASHION = "configs/fashion_mnist.py"
+CIFAR = "configs/cifar10.py"
+CIFAR_OUTLIER = "configs/cifar10_outlier.py"
+FASHION_BASE = "epochs=5,freeze=2"
+CIFAR_BASE = "epochs=8,freeze=3,lr=0.01"
+# The clean model whose test confusion matrix makes the adversarial Q* (paper Table 1b).
+CLEAN_FASHION = "size=60000,noise=0.0,model='none'"
+
+
+def _adversarial(level: float) -> list[str]:
+    confusion = "{root}/size-60000__noise-0.0__model-none/summary.json"
+    return [(f"size=60000,kind=adversarial,noise={level},model={m}",
+             f"size=60000,kind='adversarial',noise={level},model='{m}',"
+             f"noise.confusion_path='{confusion}'") for m in MODELS]
+
+
+def get_sweeps() -> dict[str, dict]:
+    """``{name: {"config", "dir", "base", "grid", "x", "doc"}}``; ``x`` is the plotted key."""
+    return {
+        "fashion_noise": {
+            "config": FASHION, "dir": "fashion", "base": FASHION_BASE, "x": "noise_level",
+            # 50% and 70% first: the levels with targets.
+            "grid": {"size": [60000], "noise": [0.5, 0.7, 0.3, 0.0, 0.8], "model": MODELS},
+            "doc": "Fig. 3b/4: clean test error against the paper-random flip level.",
+        },
+        "fashion_size": {
+            "config": FASHION, "dir": "fashion", "base": FASHION_BASE, "x": "train_size",
+            "grid": {"size": [10000, 30000, 60000], "noise": [0.5], "model": MODELS},
+            "doc": "Fig. 3a: clean test error against training-set size at 50% noise.",
+        },
+        "fashion_structured": {
+            "config": FASHION, "dir": "fashion", "base": FASHION_BASE, "x": "noise_kind",
+            "grid": [CLEAN_FASHION, *_adversarial(0.4),
+                     *[f"size=60000,kind='sparse_random',noise=0.5,model='{m}',noise.m=3"
+                       for m in MODELS]],
+            "doc": "Table 1: adversarial flips at 40% (from the clean model's confusion) and "
+                   "sparse random flips at 50% over m=3 other classes.",
+        },
+        "cifar_noise": {
+            "config": CIFAR, "dir": "cifar10", "base": CIFAR_BASE, "x": "noise_level",
+            "grid": {"noise": [0.5, 0.3, 0.7], "model": MODELS},
+            "doc": "Fig. 4: CIFAR-10, clean test error against the paper-random flip level.",
+        },
+        "cifar_outlier": {
+            "config": CIFAR_OUTLIER, "dir": "cifar10_outlier", "base": CIFAR_BASE + ",size=10000",
+            "x": "outlier_ratio",
+            "grid": [f"ratio={r},model='{m}'" + (f",alpha_scale={a}" if a != 1.0 else "")
+                     for r in (1.0, 0.5, 2.0)
+                     for m, a in (("none", 1.0), ("outlier", 1.0), ("outlier", 0.85),
+                                  ("outlier", 1.15))],
+            "doc": "Fig. 5/6: open-set outliers (classes 5-9 into inliers 0-4) at N_out/N_in "
+                   "0.5, 1, 2; outlier model with alpha from the counts and +-15%.",
+        },
+    }

@@ -1,0 +1,140 @@
+"""nlnoise.experiments: grids -> variant strings, resumable real sweeps on digits, gap closure."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from nlnoise import config as config_lib
+from nlnoise import experiments, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DIGITS = str(REPO / "configs" / "digits.py")
+BASE = "runlocal,epochs=2,freeze=1"
+QUIET = {"progress_bar": False, "plots": False, "tensorboard": False, "mesh.data": 1}
+
+
+def test_expand_is_the_product_in_key_order_and_keeps_lists():
+    cells = experiments.expand({"noise": [0.3, 0.5], "model": ["none", "learned"]})
+    assert cells == ["noise=0.3,model='none'", "noise=0.3,model='learned'",
+                     "noise=0.5,model='none'", "noise=0.5,model='learned'"]
+    # Each cell string is a valid variant of the config's parser.
+    assert config_lib.parse_variant(cells[1]) == {"noise": 0.3, "model": "learned"}
+    assert experiments.expand(["a=1", ("name", "a=2")]) == ["a=1", ("name", "a=2")]
+
+
+def test_cell_names_are_readable_distinct_and_safe():
+    cells = experiments.expand({"noise": [0.3, 0.5], "model": ["none", "learned"]})
+    names = {experiments.cell_name(c) for c in cells}
+    assert len(names) == 4
+    assert experiments.cell_name("noise=0.5,model='learned'") == "noise-0.5__model-learned"
+    assert "/" not in experiments.cell_name("noise.confusion_path='/a/b.json'")
+    assert experiments.split_cell(("x=1 y", "v=1")) == ("x-1_y", "v=1")
+
+
+def test_load_config_accepts_path_colon_variant():
+    cfg = experiments.load_config(DIGITS + ":noise=0.3,model=none")
+    assert (cfg.noise.level, cfg.noise.model) == (0.3, "none")
+    with pytest.raises(config_lib.ConfigError, match="no file"):
+        experiments.load_config("configs/nope.py")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("sweep"))
+    grid = {"noise": [0.5], "model": ["none", "learned"]}
+    table = experiments.run_grid(DIGITS, grid, root=root, base_variant=BASE, overrides=QUIET,
+                                 verbose=False)
+    return root, grid, table
+
+
+def test_real_grid_trains_each_cell_in_its_own_workdir(sweep):
+    root, _, table = sweep
+    assert [r["model"] for r in table] == ["none", "learned"]
+    for r in table:
+        assert os.path.exists(os.path.join(root, r["cell"], "summary.json"))
+        assert 0.0 <= r["test_error"] < 0.9
+        assert r["noise_level"] == 0.5 and r["noise_kind"] == "paper_random"
+        assert r["epochs"] == pytest.approx(2.0)
+    assert "q_rel_l1" in table[1] and "q_rel_l1" not in table[0]
+    df = experiments.to_dataframe(table)
+    assert list(df["model"]) == ["none", "learned"]
+
+
+def test_rerun_skips_finished_cells_and_runs_only_new_ones(sweep):
+    root, grid, first = sweep
+    calls = []
+
+    def counting(cfg, workdir):
+        calls.append(workdir)
+        return train.train_and_evaluate(cfg, workdir)
+
+    again = experiments.run_grid(DIGITS, {**grid, "model": ["none", "learned", "true"]},
+                                 root=root, base_variant=BASE, overrides=QUIET,
+                                 train_fn=counting, verbose=False)
+    assert [r["test_error"] for r in again[:2]] == [r["test_error"] for r in first]
+    # train_and_evaluate returns a finished run's summary without training: the files of the
+    # finished cells are untouched.
+    for r in first:
+        summary = json.load(open(os.path.join(r["workdir"], "summary.json")))
+        assert summary["final"]["test_error"] == r["test_error"]
+    assert again[2]["model"] == "true" and os.path.exists(
+        os.path.join(root, again[2]["cell"], "summary.json"))
+    only_done = experiments.run_grid(DIGITS, {**grid, "model": ["none", "learned", "true",
+                                                                 "outlier"]},
+                                     root=root, base_variant=BASE, overrides=QUIET,
+                                     finished_only=True, verbose=False)
+    assert [r["model"] for r in only_done] == ["none", "learned", "true"]
+
+
+def test_stopped_cell_is_continued_from_its_checkpoint_not_retrained(tmp_path):
+    root = str(tmp_path)
+    grid = ["noise=0.5,model='learned'"]
+    # Stop the cell after 30 steps (max_steps), as an interrupted sweep would leave it.
+    part = experiments.run_grid(DIGITS, grid, root=root, base_variant=BASE,
+                                overrides={**QUIET, "max_steps": 30}, verbose=False)
+    cell = os.path.join(root, experiments.cell_name(grid[0]))
+    assert part[0]["step"] == 30 and os.listdir(os.path.join(cell, "checkpoints"))
+    table = experiments.run_grid(DIGITS, grid, root=root, base_variant=BASE, overrides=QUIET,
+                                 verbose=False)
+    records = [json.loads(line) for line in open(os.path.join(cell, "metrics.jsonl"))]
+    assert table[0]["test_error"] == records[-1]["test_error"]
+    assert table[0]["step"] == records[-1]["step"] > 30
+    # The evaluations up to step 30 (epoch 1 and the stop) were kept, not recomputed.
+    assert [r["step"] for r in records if r["step"] <= 30] == [22, 30]  # 22 steps per epoch
+
+
+def test_bad_cell_fails_loudly_or_is_recorded_with_keep_going(tmp_path):
+    grid = ["noise=1.5", "noise=0.5,model='none'"]
+    with pytest.raises(config_lib.ConfigError, match="noise.level"):
+        experiments.run_grid(DIGITS, grid, root=str(tmp_path), base_variant=BASE,
+                             overrides=QUIET, verbose=False)
+    assert not os.listdir(tmp_path)  # nothing written for the rejected cell
+    table = experiments.run_grid(DIGITS, grid, root=str(tmp_path), base_variant=BASE,
+                                 overrides=QUIET, keep_going=True, verbose=False)
+    assert "noise.level" in table[0]["error"] and table[1]["test_error"] < 0.9
+
+
+def test_placeholders_reach_the_variant_but_not_the_cell_name(tmp_path):
+    seen = []
+
+    def fake_train(cfg, workdir):
+        seen.append((cfg.noise.q_path, workdir))
+        return {"final": {"test_error": 0.5}}
+
+    experiments.run_grid(DIGITS, [("custom", "kind='custom',noise.q_path='{root}/q.npy'")],
+                         root=str(tmp_path), train_fn=fake_train, verbose=False,
+                         placeholders={"{root}": str(tmp_path)})
+    assert seen == [(f"{tmp_path}/q.npy", os.path.join(str(tmp_path), "custom"))]
+
+
+def test_gap_closure_matches_the_papers_imagenet_arithmetic():
+    table = [{"noise_level": 0.5, "model": "none", "test_error": 0.537},
+             {"noise_level": 0.5, "model": "learned", "test_error": 0.452},
+             {"noise_level": 0.5, "model": "true", "test_error": 0.414},
+             {"noise_level": 0.7, "model": "none", "test_error": 0.6},  # incomplete: skipped
+             {"cell": "x", "error": "ConfigError"}]
+    (row,) = experiments.gap_closure(table)
+    assert row["closure"] == pytest.approx((0.537 - 0.452) / (0.537 - 0.414))
+    assert row["gap"] == pytest.approx(0.123)

@@ -1,0 +1,88 @@
+"""nlnoise-sweep: grid parsing, the named sweeps of configs/sweeps.py, a real ad-hoc sweep."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from nlnoise import config as config_lib
+from nlnoise import experiments, sweep
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SWEEPS = str(REPO / "configs" / "sweeps.py")
+
+
+def test_parse_grid_reads_literals_and_rejects_malformed_text():
+    assert sweep.parse_grid("noise=0.3|0.5; model=none|learned") == {
+        "noise": [0.3, 0.5], "model": ["none", "learned"]}
+    for bad in ("noise", "noise=", ""):
+        with pytest.raises(ValueError, match="--grid"):
+            sweep.parse_grid(bad)
+
+
+def test_every_named_sweep_builds_valid_configs():
+    sweeps = sweep.load_sweeps(SWEEPS)
+    assert {"fashion_noise", "fashion_size", "fashion_structured", "cifar_noise",
+            "cifar_outlier"} <= set(sweeps)
+    for name, s in sweeps.items():
+        for cell in experiments.expand(s["grid"]):
+            _, variant = experiments.split_cell(cell)
+            variant = variant.replace("{root}", "/tmp/r")
+            cfg = experiments.load_config(str(REPO / s["config"]),
+                                          ",".join(v for v in (s["base"], variant) if v))
+            if cfg.noise.kind != "adversarial":  # needs the clean cell's summary on disk
+                config_lib.validate(cfg)
+            assert cfg.num_epochs >= 1, name
+
+
+def test_sweeps_of_one_dataset_share_cells():
+    sweeps = sweep.load_sweeps(SWEEPS)
+    noise = {experiments.split_cell(c)[0] for c in experiments.expand(sweeps["fashion_noise"]
+                                                                      ["grid"])}
+    size = {experiments.split_cell(c)[0] for c in experiments.expand(sweeps["fashion_size"]
+                                                                     ["grid"])}
+    structured = {experiments.split_cell(c)[0]
+                  for c in experiments.expand(sweeps["fashion_structured"]["grid"])}
+    assert len(noise & size) == 3  # 60k at 50%: trained once for both figures
+    assert "size-60000__noise-0.0__model-none" in noise & structured
+
+
+def test_select_filters_cells_by_text():
+    cells = experiments.expand({"noise": [0.5, 0.7], "model": ["none", "learned"]})
+    assert sweep.select(cells, ["noise=0.7"]) == ["noise=0.7,model='none'",
+                                                  "noise=0.7,model='learned'"]
+    assert sweep.select(cells, ["model=learned", "0.5"]) == ["noise=0.5,model='learned'"]
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    assert sweep.main(["--grid=nope", f"--sweeps={SWEEPS}"]) == 2
+    err = capsys.readouterr().err
+    assert "no sweep named 'nope'" in err and "fashion_noise" in err
+    assert sweep.main(["--grid=fashion_noise", f"--sweeps={SWEEPS}", "--only=zzz",
+                       f"--root={tmp_path}"]) == 2
+    assert "matches none" in capsys.readouterr().err
+    assert sweep.main(["--config=configs/digits.py", "--grid=noise"]) == 2
+    assert not os.listdir(tmp_path)
+
+
+def test_real_adhoc_sweep_from_the_command_line(tmp_path):
+    root = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "nlnoise.sweep", "--config=configs/digits.py",
+           "--grid=noise=0.5;model=none|learned", f"--root={root}",
+           "--base=runlocal,epochs=2,freeze=1", "--set=mesh.data=1", "--set=plots=False"]
+    env = {**os.environ, "XLA_FLAGS": ""}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    table = json.load(open(root / "sw.json"))
+    assert [r["model"] for r in table] == ["none", "learned"]
+    md = (root / "sw.md").read_text()
+    assert "clean test error (%)" in md and f"{100 * table[1]['test_error']:.2f}" in md
+    assert (root / "sw.png").stat().st_size > 1000
+    # Again: nothing is retrained, the table is the same.
+    again = subprocess.run([*cmd, "--report"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.load(open(root / "sw.json")) == table
