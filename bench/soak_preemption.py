@@ -48,19 +48,19 @@ def _run_to_end(cmd, env, timeout) -> subprocess.CompletedProcess:
     return out
 
 
-def _kill_at(cmd, env, phase: str, delay: float, timeout: float) -> dict:
-    """Starts the run; SIGKILLs it ``delay`` s after it announces ``phase``.
-
-    Only phases after the step it resumed from count, so every kill lands on new work.
-    """
+def _kill_at(cmd, env, phase: str, delay: float, timeout: float, target: int = 0) -> dict:
+    """Starts the run; SIGKILLs it ``delay`` s after it announces ``phase`` at a step past
+    ``target`` and past the step it resumed from, so every kill lands on new work and the
+    kills spread over the whole run (a kill while the first checkpoint is written would
+    otherwise send every restart back to step 0)."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, bufsize=1)
-    start, resumed_from, seen, min_step = time.time(), None, None, 0
+    start, resumed_from, seen, min_step = time.time(), None, None, target
     try:
         for line in proc.stderr:
             if "resumed from the checkpoint at step" in line:
                 resumed_from = int(line.rsplit("step", 1)[1].strip(" .\n"))
-                min_step = resumed_from + 5
+                min_step = max(target, resumed_from + 5)
             if line.startswith("nlnoise-phase:"):
                 name, step = line.split()[1], int(line.split("step=")[1])
                 if name == phase and step > min_step:
@@ -76,7 +76,8 @@ def _kill_at(cmd, env, phase: str, delay: float, timeout: float) -> dict:
         proc.stderr.close()
     killed = seen is not None and proc.returncode == -signal.SIGKILL
     outcome = "killed" if killed else ("finished" if proc.returncode == 0 else "crashed")
-    return {"phase": phase, "at_step": seen, "delay_s": round(delay, 3), "outcome": outcome,
+    return {"phase": phase, "target_step": target, "at_step": seen, "delay_s": round(delay, 3),
+            "outcome": outcome,
             "returncode": proc.returncode, "resumed_from": resumed_from}
 
 
@@ -103,13 +104,17 @@ def soak(config: str, workdir: pathlib.Path, kills: int, *, seed: int = 0, devic
     for i in range(kills):
         phase = PHASES[i % len(PHASES)]
         delay = rng.uniform(0.0, 0.25) if phase != "checkpoint-writing" else 0.0
-        ev = _kill_at(_cmd(config, run_dir, extra), env, phase, delay, timeout)
+        target = (i + 1) * total // (kills + 1)
+        ev = _kill_at(_cmd(config, run_dir, extra), env, phase, delay, timeout, target)
         events.append(ev)
         if ev["outcome"] != "killed":
             break
-    last_ok = True
+    last_ok, final_resumed = True, None
     try:
-        _run_to_end(_cmd(config, run_dir, extra), env, timeout)
+        out = _run_to_end(_cmd(config, run_dir, extra), env, timeout)
+        for line in out.stderr.splitlines():
+            if "resumed from the checkpoint at step" in line:
+                final_resumed = int(line.rsplit("step", 1)[1].strip(" ."))
     except RuntimeError:
         last_ok = False
     final = json.load(open(run_dir / "summary.json")) if last_ok else {}
@@ -126,7 +131,10 @@ def soak(config: str, workdir: pathlib.Path, kills: int, *, seed: int = 0, devic
         "steps": total,
         "kills_made": made,
         "kills_survived": survived,
-        "restarts_resumed_from_checkpoint": sum(e["resumed_from"] is not None for e in events),
+        # Starts after a kill that carried on from a checkpoint (not from step 0).
+        "restarts_resumed_from_checkpoint": sum(e["resumed_from"] is not None for e in events)
+        + (final_resumed is not None),
+        "final_start_resumed_from": final_resumed,
         "params_equal": final.get("params_sha256") == reference["params_sha256"],
         "q_equal": final.get("q") == reference["q"],
         "metrics_equal": last_ok and _metrics(run_dir) == _metrics(ref_dir),

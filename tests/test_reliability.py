@@ -57,6 +57,10 @@ def test_sigkill_mid_step_mid_eval_mid_checkpoint_then_identical_result(tmp_path
     phases = [e["phase"] for e in report["events"]]
     assert phases == ["train", "eval", "checkpoint-writing"]
     assert report["kills_made"] == report["kills_survived"] == 3
+    # Kills spread over the run: every restart carried on from a checkpoint, none from step 0.
+    assert report["restarts_resumed_from_checkpoint"] == 3
+    assert [e["at_step"] for e in report["events"]] == sorted(e["at_step"]
+                                                             for e in report["events"])
     assert report["params_equal"] and report["q_equal"] and report["metrics_equal"]
 
 
