@@ -10,7 +10,8 @@ For each dataset (local sources) it measures, at global batch size ``--batch-siz
    any contention between the two on this machine's cores shows up as a lower rate.
 
 ``headroom = pipeline / step``; the target is >= 5. Prints a markdown table and writes
-``bench/results/input_pipeline.json``.
+``bench/results/input_pipeline.json``. ``bench/run_all.py`` uses :func:`headroom_rows`
+instead: the pipeline and nlnoise's real train step timed in alternation.
 
     /work/venv/bin/python bench/input_pipeline.py [--datasets fashion_mnist cifar10]
 """
@@ -162,6 +163,50 @@ def bench_dataset(name: str, args) -> dict:
         "fed_over_fixed": round(fed_rate / step_rate, 3),
         "model": model_name,
     }
+
+
+def headroom_rows(datasets: tuple[str, ...] = ("cifar10",), batch: int = 128,
+                  repeats: int = 5, pipeline_batches: int = 100, steps: int = 3) -> dict:
+    """Item 4 for ``bench/run_all.py``: pipeline images/s over nlnoise's real train step.
+
+    The pipeline (``nlnoise.data.train_iterator``) and the train step (``benchlib.nlnoise_step``,
+    layers18pct, learned Q, the dataset's image shape) are timed in alternation, median of
+    ``repeats`` after a warm-up; the headroom is the median per-repetition ratio.
+    """
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchlib as bl
+
+    rows, details = [], {}
+    for name in datasets:
+        cfg = data.default_dataset_config()
+        cfg.name = name
+        ds = data.load(cfg, noise_kind="symmetric", noise_level=0.3, noise_seed=0)
+        it = data.train_iterator(ds, cfg, global_batch_size=batch, seed=0)
+
+        def pull(n: int, it=it) -> float:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                next(it)
+            return time.perf_counter() - t0
+
+        step, _ = bl.nlnoise_step("layers18pct", num_classes=ds.num_classes, batch=batch,
+                                  image_shape=tuple(ds.image_shape), noise_model="learned")
+        step(1)
+        times = bl.alternate({"pipeline": pull, "step": step},
+                             steps={"pipeline": pipeline_batches, "step": steps},
+                             repeats=repeats, warmup=1)
+        bl.print_times(f"input pipeline vs train step, {name}", times,
+                       {"pipeline": batch, "step": batch})
+        ratio = bl.paired_ratio(times, "step", "pipeline")
+        details[name] = {"times": bl.summarize(times), "headroom": ratio,
+                         "pipeline_images_per_s": batch / bl.median(times["pipeline"]),
+                         "step_images_per_s": batch / bl.median(times["step"])}
+        rows.append(bl.row(f"input headroom, {name} (pipeline img/s / train step img/s)", ratio,
+                           ".0f", ">= 5", ratio >= 5, "the train step: the pipeline is "
+                           "numpy slicing of in-memory arrays", item=4, unit="x"))
+    return {"rows": rows, "details": details}
 
 
 def main() -> None:

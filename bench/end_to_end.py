@@ -1,0 +1,168 @@
+"""Benchmark (not a test): item 5 -- a short real training run's wall time over its step time.
+
+Runs ``nlnoise.train.train_and_evaluate`` with real configs in a temporary workdir, timing the
+whole call: ``configs/fashion_mnist.py:runlocal`` (layers18pct, learned Q, 2000 training
+images, batch 100, 3 epochs, evaluation on 2000 test images and a checkpoint every epoch) and
+one epoch of the real config, ``configs/fashion_mnist.py:epochs=1,freeze=0.5`` (30000
+training images, batch 128, 234 steps, evaluation on the 10000 test images, a checkpoint; Q
+frozen for half the epoch, as the config's 2-epoch freeze would exceed one epoch); metrics,
+TensorBoard and plots as configured. In the same process the run's train step
+(``benchlib.nlnoise_step`` with the same model, batch and image shape) is then timed, median
+of ``--repeats``. ``efficiency = wall / (steps x median step)``.
+
+To say where the rest goes, the library's own functions are wrapped from here (nothing in
+``nlnoise`` is changed): the first train-step call (start-up: data load, state init and
+compilation end there), ``_evaluate`` and ``CheckpointStore.save``.
+
+    /work/venv/bin/python bench/end_to_end.py [--quick] [--configs CONFIG ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib as bl
+
+# A tiny run (fixed costs dominate) and one epoch of the real Fashion-MNIST config.
+DEFAULT_CONFIGS = ("configs/fashion_mnist.py:runlocal",
+                   "configs/fashion_mnist.py:epochs=1,freeze=0.5")
+
+
+def load_config(spec: str):
+    """``path.py:arg`` -> the ConfigDict of ``get_config(arg)``."""
+    path, _, arg = spec.partition(":")
+    mod_spec = importlib.util.spec_from_file_location("bench_cfg", bl.REPO / path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod.get_config(arg or None)
+
+
+def timed_run(cfg) -> dict[str, Any]:
+    """Runs ``train_and_evaluate`` once, with wall time and a breakdown of where it went."""
+    import jax
+
+    from nlnoise import checkpoint, train
+
+    marks: dict[str, float] = {"eval_s": 0.0, "checkpoint_save_s": 0.0}
+    orig_fns, orig_eval, orig_save, orig_load = (train._jitted_loop_fns, train._evaluate,
+                                                 checkpoint.CheckpointStore.save,
+                                                 train.load_dataset)
+    t_start = time.perf_counter()
+
+    def jitted_loop_fns(*a, **k):
+        train_fn, eval_fn = orig_fns(*a, **k)
+
+        def first_call_blocks(*args):
+            out = train_fn(*args)
+            if "startup_s" not in marks:
+                jax.block_until_ready(out)  # so start-up ends where the first step does
+                marks["startup_s"] = time.perf_counter() - t_start
+            return out
+
+        return first_call_blocks, eval_fn
+
+    def load_dataset(*a, **k):
+        ds = orig_load(*a, **k)
+        marks["image_shape"], marks["num_classes"] = tuple(ds.image_shape), int(ds.num_classes)
+        return ds
+
+    def evaluate(*a, **k):
+        t0 = time.perf_counter()
+        out = orig_eval(*a, **k)
+        marks["eval_s"] += time.perf_counter() - t0
+        return out
+
+    def save(self, *a, **k):
+        t0 = time.perf_counter()
+        out = orig_save(self, *a, **k)
+        marks["checkpoint_save_s"] += time.perf_counter() - t0
+        return out
+
+    train._jitted_loop_fns, train._evaluate = jitted_loop_fns, evaluate
+    train.load_dataset = load_dataset
+    checkpoint.CheckpointStore.save = save
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            summary = train.train_and_evaluate(cfg, workdir)
+    finally:
+        train._jitted_loop_fns, train._evaluate = orig_fns, orig_eval
+        train.load_dataset = orig_load
+        checkpoint.CheckpointStore.save = orig_save
+    marks["wall_s"] = time.perf_counter() - t_start
+    marks["steps"] = int(summary["steps"])
+    marks["loop_images_per_s"] = summary.get("train_images_per_s")
+    marks["test_error"] = summary.get("final", {}).get("test_error")
+    return marks
+
+
+def measure(config: str, repeats: int) -> dict[str, Any]:
+    """One real run of ``config`` and its step time; the efficiency figures."""
+    cfg = load_config(config)
+    cfg.progress_bar = False  # no terminal here; everything else as configured
+    marks = timed_run(cfg)
+    runner, _ = bl.nlnoise_step(cfg.model.name, num_classes=marks["num_classes"],
+                                batch=cfg.batch_size, image_shape=marks["image_shape"],
+                                noise_model=cfg.noise.model)
+    runner(2)
+    times = bl.alternate({"step": runner}, steps=5, repeats=repeats, warmup=1)
+    step_s = bl.median(times["step"])
+    rest = (marks["wall_s"] - marks["startup_s"] - marks["eval_s"] - marks["checkpoint_save_s"]
+            - (marks["steps"] - 1) * step_s)
+    details = {"config": config, "step_s": bl.summarize(times)["step"],
+               "ideal_s": marks["steps"] * step_s, **marks, "other_s": rest,
+               "efficiency": marks["wall_s"] / (marks["steps"] * step_s),
+               "efficiency_after_startup": (marks["wall_s"] - marks["startup_s"])
+               / ((marks["steps"] - 1) * step_s)}
+    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in details.items()},
+          flush=True)
+    return details
+
+
+def run(quick: bool = False, repeats: int = 5,
+        configs: tuple[str, ...] = DEFAULT_CONFIGS) -> dict[str, Any]:
+    """Measures item 5; returns ``{"rows": [...], "details": {...}}``."""
+    logging.getLogger("nlnoise").setLevel(logging.WARNING)
+    rows, details = [], {}
+    for config in configs[:1] if quick else configs:
+        try:
+            d = details[config] = measure(config, repeats)
+        except Exception as exc:  # keep the other config's figures
+            rows.append(bl.row(f"end-to-end `{config}`: failed ({type(exc).__name__}: "
+                               f"{exc})"[:200], None, ".2f", "<= 1.10", None, "see the log",
+                               item=5))
+            continue
+        why = (f"start-up {d['startup_s']:.1f} s (data load, init, compile), evaluation "
+               f"{d['eval_s']:.1f} s, checkpoint saves {d['checkpoint_save_s']:.1f} s, "
+               f"rest {d['other_s']:.1f} s (summary, plots, waits)")
+        rows.append(bl.row(f"end-to-end wall / (steps x median step), `{config}` "
+                           f"({d['steps']} steps, {d['wall_s']:.0f} s)", d["efficiency"],
+                           ".2f", "<= 1.10", d["efficiency"] <= 1.10, why, item=5))
+        rows.append(bl.row(f"the same from the end of the first step (no start-up), `{config}`",
+                           d["efficiency_after_startup"], ".2f", "<= 1.10 (diagnostic)",
+                           d["efficiency_after_startup"] <= 1.10,
+                           "evaluation after every epoch", item=5))
+    return {"rows": rows, "details": details}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
+    parser.add_argument("--quick", action="store_true", help="only the first config")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    out = run(args.quick, args.repeats, tuple(args.configs))
+    print(bl.markdown_table(out["rows"]))
+    print(bl.write_json("end_to_end", {"machine": bl.machine_info(), **out}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Benchmark (not a test): item 6 -- memory and time of the noise layer and Q's update in K.
+
+For K = 10, 100, 1000, 10000, 21841 (ImageNet-22k), on one device:
+
+* ``noise layer``: value and gradient (w.r.t. logits and Q) of the mean
+  ``nlnoise.losses.noisy_cross_entropy`` at batch 128;
+* ``Q update``: ``nlnoise.optim.q_optimizer`` (decay, learning rate, per-column simplex
+  projection) applied once, as in every train step after the freeze;
+* memory: Q's bytes and the peak temporary bytes XLA allocates for each (``memory_analysis``).
+
+Then, in a subprocess with 8 simulated devices, Q sharded by ``nlnoise.sharding`` over a
+``model`` axis of N = 1, 2, 4, 8 devices: bytes of Q per device (allocated, K = 10000) and the
+compiled Q update's per-device memory (K = 10000 and 21840), plus what the sharding rule does
+for K = 21841 (not divisible by N).
+
+    /work/venv/bin/python bench/scaling_k.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib as bl
+
+KS = (10, 100, 1000, 10000, 21841)
+BATCH = 128
+
+
+def _timed(fn, args, repeats: int) -> list[float]:
+    import jax
+
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _mem(compiled) -> dict[str, int]:
+    m = compiled.memory_analysis()
+    return {"argument_bytes": int(m.argument_size_in_bytes),
+            "output_bytes": int(m.output_size_in_bytes),
+            "temp_bytes": int(m.temp_size_in_bytes)}
+
+
+def project_columns_bisect(q, iters: int = 30):
+    """Sort-free candidate for ``optim.project_columns`` (bench only, not used by nlnoise).
+
+    Finds each column's threshold ``tau`` with ``sum(max(v - tau, 0)) = 1`` by bisection on
+    ``[max(v) - 1, max(v)]``, then one exact step ``tau = (sum_S v - 1) / |S|`` on the support
+    ``S = {v > tau}``. O(iters * K^2) elementwise work instead of a sort of every column.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    hi = jnp.max(q, axis=0)
+    lo = hi - 1.0
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        mass = jnp.sum(jnp.maximum(q - mid, 0.0), axis=0)
+        return jnp.where(mass > 1.0, mid, lo), jnp.where(mass > 1.0, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
+    support = q > lo
+    tau = (jnp.sum(jnp.where(support, q, 0.0), axis=0) - 1.0) / jnp.sum(support, axis=0)
+    return jnp.maximum(q - tau, 0.0)
+
+
+def one_k(k: int, repeats: int, time_update: bool, candidate: bool) -> dict[str, Any]:
+    """Time and memory of the noise layer and of Q's update for one K."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from nlnoise import losses, optim
+
+    # A Q that is not on a face of the simplex, so the projection does real work.
+    q = jnp.asarray(np.eye(k, dtype=np.float32) * 0.5 + 0.5 / k)
+    logits = jax.random.normal(jax.random.key(0), (BATCH, k), jnp.float32)
+    labels = jnp.arange(BATCH, dtype=jnp.int32) % k
+
+    def loss(lg, qq):
+        return jnp.mean(losses.noisy_cross_entropy(lg, qq, labels))
+
+    layer = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(logits, q).compile()
+    tx = optim.q_optimizer(1e-3, weight_decay=0.1, freeze_steps=0)
+    opt_state = tx.init(q)
+
+    def update(qq, g, st):
+        u, st = tx.update(g, st, qq)
+        return qq + u, st
+
+    upd = jax.jit(update).lower(q, q, opt_state).compile()
+    out: dict[str, Any] = {"k": k, "q_bytes": k * k * 4, "noise_layer_mem": _mem(layer),
+                           "q_update_mem": _mem(upd)}
+    layer(logits, q)  # warm-up, not timed
+    lt = _timed(layer, (logits, q), repeats)
+    out["noise_layer_s"] = {"median": bl.median(lt), "n": len(lt)}
+    # Q's update takes ~25 s at K=10^4 and minutes at 21841: fewer timings there (a scale, not
+    # an A/B comparison).
+    reps = repeats if k <= 1000 else max(1, repeats // 5 if k > 10000 else repeats // 2)
+    if time_update:
+        if k <= 1000:
+            upd(q, q, opt_state)
+        ut = _timed(upd, (q, q, opt_state), reps)
+        out["q_update_s"] = {"median": bl.median(ut), "n": len(ut)}
+    if candidate and k <= 10000:
+        cand = jax.jit(project_columns_bisect).lower(q).compile()
+        ref = jax.jit(optim.project_columns)(q) if k <= 1000 else None
+        got = cand(q)
+        ct = _timed(cand, (q,), reps)
+        out["candidate_bisect_projection_s"] = {"median": bl.median(ct), "n": len(ct)}
+        if ref is not None:
+            out["candidate_max_abs_diff"] = float(jnp.max(jnp.abs(got - ref)))
+    print(f"K={k:6d} Q {out['q_bytes'] / 2**20:9.1f} MiB  layer "
+          f"{out['noise_layer_s']['median'] * 1e3:9.2f} ms  update "
+          f"{out.get('q_update_s', {}).get('median', float('nan')) * 1e3:10.1f} ms  "
+          f"update temp {out['q_update_mem']['temp_bytes'] / 2**20:9.1f} MiB", flush=True)
+    del layer, upd
+    jax.clear_caches()
+    return out
+
+
+def sharded_worker() -> None:
+    """Runs under 8 simulated devices; prints one JSON line of per-device Q memory."""
+    import jax
+    import jax.numpy as jnp
+
+    from nlnoise import optim, sharding
+
+    res: dict[str, Any] = {"devices": jax.device_count(), "rows": []}
+    for k, allocate in ((10000, True), (21840, False), (21841, False)):
+        for n in (1, 2, 4, 8):
+            mesh = sharding.make_mesh(1, n)
+            abstract = {"params": {"q": jax.ShapeDtypeStruct((k, k), jnp.float32)}}
+            sh = sharding.state_shardings(mesh, abstract)["params"]["q"]
+            r: dict[str, Any] = {"k": k, "n": n, "spec": str(sh.spec),
+                                 "q_shard_shape": list(sh.shard_shape((k, k))),
+                                 "q_bytes_per_device_rule": 4 * int(
+                                     sh.shard_shape((k, k))[0] * sh.shard_shape((k, k))[1])}
+            tx = optim.q_optimizer(1e-3, weight_decay=0.1, freeze_steps=0)
+            st_abs = jax.eval_shape(tx.init, abstract["params"]["q"])
+            st_sh = jax.tree.map(lambda _, m=mesh: sharding.replicated(m), st_abs)
+
+            def update(qq, g, st, tx=tx):
+                u, st = tx.update(g, st, qq)
+                return qq + u, st
+
+            if k <= 21840 or n == 1:
+                qa = jax.ShapeDtypeStruct((k, k), jnp.float32, sharding=sh)
+                compiled = jax.jit(update, in_shardings=(sh, sh, st_sh),
+                                   out_shardings=(sh, st_sh)).lower(qa, qa, st_abs).compile()
+                r["q_update_mem_per_device"] = _mem(compiled)
+            if allocate:
+                q = jax.device_put(jnp.eye(k, dtype=jnp.float32), sh)
+                r["q_bytes_per_device_allocated"] = sharding.per_device_bytes(q)
+                del q
+            res["rows"].append(r)
+    print(json.dumps(res), flush=True)
+
+
+def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
+    """Measures item 6; returns ``{"rows": [...], "details": {...}}``."""
+    per_k = []
+    for k in KS:
+        # The 21841^2 projection sorts 477M floats (minutes); quick mode skips its timing.
+        per_k.append(one_k(k, repeats, time_update=not (quick and k > 10000),
+                           candidate=not quick))
+    proc = subprocess.run([sys.executable, __file__, "--sharded-worker"], capture_output=True,
+                          text=True, env={**__import__("os").environ, **bl.device_env(8)},
+                          cwd=bl.REPO, timeout=1800)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"sharded worker failed:\n{proc.stderr[-3000:]}")
+    shard = json.loads(lines[-1])
+    for r in shard["rows"]:
+        print(f"K={r['k']:6d} N={r['n']} spec={r['spec']:22s} Q/device "
+              f"{r['q_bytes_per_device_rule'] / 2**20:9.1f} MiB "
+              f"alloc {r.get('q_bytes_per_device_allocated', 0) / 2**20:9.1f} MiB  update temp "
+              f"{r.get('q_update_mem_per_device', {}).get('temp_bytes', 0) / 2**20:9.1f} MiB")
+
+    by = {(r["k"], r["n"]): r for r in shard["rows"]}
+    falls = all(by[(10000, n)]["q_bytes_per_device_allocated"] * n
+                == by[(10000, 1)]["q_bytes_per_device_allocated"] for n in (2, 4, 8))
+    falls_22k = all(by[(21840, n)]["q_bytes_per_device_rule"] * n
+                    == by[(21840, 1)]["q_bytes_per_device_rule"] for n in (2, 4, 8))
+    odd_sharded = by[(21841, 8)]["q_bytes_per_device_rule"] < by[(21841, 1)][
+        "q_bytes_per_device_rule"]
+    big = per_k[-1]
+    rows = [
+        bl.row("noise layer fwd+bwd, batch 128, K=21841", big["noise_layer_s"]["median"] * 1e3,
+               ".0f", "(figure)", None, "dense [K, K] gradient of Q (1.9 GB) written every step",
+               item=6, unit="ms"),
+        bl.row("Q update (decay + projection), K=1000", per_k[2]["q_update_s"]["median"] * 1e3,
+               ".0f", "(figure)", None, "optax projection_simplex sorts every column", item=6,
+               unit="ms"),
+        bl.row("Q update (decay + projection), K=10000", per_k[3]["q_update_s"]["median"],
+               ".1f", "(figure)", None, "sort of 1e8 floats in XLA:CPU", item=6, unit="s"),
+        bl.row("Q update, K=21841", big.get("q_update_s", {}).get("median"), ".0f", "(figure)",
+               None, "sort of 4.8e8 floats; 3.9 GB of temporaries", item=6, unit="s"),
+        bl.row("per-device Q memory x N, Q sharded on N=1,2,4,8 (K=10000, allocated)",
+               by[(10000, 8)]["q_bytes_per_device_allocated"] / 2**20, ".1f",
+               "falls as 1/N", falls, "exact: Q split by columns", item=6, unit="MiB at N=8"),
+        bl.row("per-device Q memory, K=21840 (sharding rule)",
+               by[(21840, 8)]["q_bytes_per_device_rule"] / 2**20, ".0f", "falls as 1/N",
+               falls_22k, "exact", item=6, unit="MiB at N=8"),
+        bl.row("per-device Q memory, K=21841 (not divisible by N)",
+               by[(21841, 8)]["q_bytes_per_device_rule"] / 2**20, ".0f", "falls as 1/N",
+               odd_sharded, "nlnoise.sharding replicates Q when K % N != 0", item=6,
+               unit="MiB at N=8"),
+    ]
+    return {"rows": rows, "details": {"per_k": per_k, "sharded": shard}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sharded-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sharded_worker:
+        sharded_worker()
+        return
+    out = run(args.quick, args.repeats)
+    print(bl.markdown_table(out["rows"]))
+    print(bl.write_json("scaling_k", {"machine": bl.machine_info(), **out}))
+
+
+if __name__ == "__main__":
+    main()
