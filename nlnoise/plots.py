@@ -29,11 +29,12 @@ def q_heatmaps(q: np.ndarray, q_true: np.ndarray | None, path: str,
     """Learned Q beside Q* (when known), columns = true class, rows = noisy label."""
     mats = [("Q* (true noise)", q_true), ("learned Q", q)] if q_true is not None else [("Q", q)]
     fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], mats, strict=True):
+    for n, (ax, (name, m)) in enumerate(zip(axes[0], mats, strict=True)):
         im = ax.imshow(np.asarray(m), vmin=0, vmax=1, cmap="viridis")
         ax.set_title(name)
         ax.set_xlabel("true class i")
-        ax.set_ylabel("noisy label j")
+        if n == 0:  # the panels share rows; a second label would overlap the first panel
+            ax.set_ylabel("noisy label j")
         if class_names is not None and len(class_names) == m.shape[1] <= 12:
             ax.set_xticks(range(m.shape[1]), class_names, rotation=90, fontsize=7)
             ax.set_yticks(range(m.shape[0]), list(class_names)[: m.shape[0]], fontsize=7)
@@ -100,3 +101,20 @@ def error_vs_noise(table: Sequence[dict], path: str, x: str = "noise_level",
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def q_heatmaps_from_run(run_dir: str, path: str, title: str = "") -> str:
+    """Redraws a finished run's learned Q beside Q* from its ``summary.json``."""
+    import json
+
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        s = json.load(f)
+    names = s.get("class_names")
+    q_true = None if s.get("q_true") is None else np.asarray(s["q_true"])
+    return q_heatmaps(np.asarray(s["q"]), q_true, path, class_names=names, title=title)
+
+
+if __name__ == "__main__":  # python -m nlnoise.plots RUN_DIR OUT.png [TITLE]
+    import sys
+
+    print(q_heatmaps_from_run(sys.argv[1], sys.argv[2], " ".join(sys.argv[3:])))

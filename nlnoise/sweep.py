@@ -135,8 +135,11 @@ def report(name: str, directory: str, table: Sequence[dict[str, Any]], x: str) -
     text = markdown(table, cols)
     closure = experiments.gap_closure(table, by=x) if x in ("noise_level", "train_size") else []
     if closure:
-        text += "\n" + markdown(closure, [x, "none", "learned", "true", "gap", "closure"]
-                                ).replace("| none |", "| none err |")
+        pct = [{**r, **{f"{k} (%)": 100 * r[k] for k in ("none", "learned", "true", "gap")}}
+               for r in closure]
+        text += "\nClean test error and the share of the none-to-true gap that learned Q " \
+                "closes:\n\n" + markdown(pct, [x, "none (%)", "learned (%)", "true (%)",
+                                                "gap (%)", "closure"])
     with open(paths[1], "w") as f:
         f.write(text)
     if all(isinstance(r.get(x), int | float) for r in table) and table:

@@ -615,6 +615,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                                             != ds.train_clean_labels[~ds.train_is_outlier])),
         "alpha": spec.alpha,
         "q": q.tolist(),
+        "class_names": [str(c) for c in ds.class_names]
+        + (["outlier"] if q.shape[0] > len(ds.class_names) else []),
         "params_sha256": params_digest(params),
         "q_true": None if spec.q_true is None else spec.q_true.tolist(),
         # confusion[pred, true] on the clean test set after the last step: the input of an

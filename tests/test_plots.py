@@ -1,6 +1,7 @@
 """Plots are written atomically as real PNG files."""
 
 import numpy as np
+import pytest
 
 from nlnoise import noise, plots
 
@@ -25,3 +26,15 @@ def test_all_plots(tmp_path):
              for m in ("none", "learned") for lv in (0.3, 0.5, 0.7)]
     assert _is_png(plots.error_vs_noise(table, str(tmp_path / "e.png")))
     assert not list(tmp_path.glob("**/*.tmp.png"))
+
+
+def test_q_heatmaps_redrawn_from_a_run_summary(tmp_path):
+    import json
+
+    q_true = noise.paper_random(4, 0.5, seed=0)
+    (tmp_path / "summary.json").write_text(json.dumps(
+        {"q": q_true.tolist(), "q_true": q_true.tolist(), "class_names": list("abcd")}))
+    out = plots.q_heatmaps_from_run(str(tmp_path), str(tmp_path / "q.png"), "t")
+    assert out.endswith("q.png") and (tmp_path / "q.png").stat().st_size > 1000
+    with pytest.raises(FileNotFoundError):
+        plots.q_heatmaps_from_run(str(tmp_path / "missing"), str(tmp_path / "x.png"))
