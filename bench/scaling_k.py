@@ -5,7 +5,8 @@ For K = 10, 100, 1000, 10000, 21841 (ImageNet-22k), on one device:
 * ``noise layer``: value and gradient (w.r.t. logits and Q) of the mean
   ``nlnoise.losses.noisy_cross_entropy`` at batch 128;
 * ``Q update``: ``nlnoise.optim.q_optimizer`` (decay, learning rate, per-column simplex
-  projection) applied once, as in every train step after the freeze;
+  projection, sort-free for K >= ``optim.NEWTON_MIN_K``) applied once, as in every train step
+  after the freeze; without ``--quick`` also optax's sort projection alone for K <= 10000;
 * memory: Q's bytes and the peak temporary bytes XLA allocates for each (``memory_analysis``).
 
 Then, in a subprocess with 8 simulated devices, Q sharded by ``nlnoise.sharding`` over a
@@ -13,7 +14,7 @@ Then, in a subprocess with 8 simulated devices, Q sharded by ``nlnoise.sharding`
 compiled Q update's per-device memory (K = 10000 and 21840), plus what the sharding rule does
 for K = 21841 (not divisible by N).
 
-    /work/venv/bin/python bench/scaling_k.py [--quick]
+    /work/venv/bin/python bench/scaling_k.py [--quick: no timing of the sort projection alone]
 """
 
 from __future__ import annotations
@@ -52,32 +53,7 @@ def _mem(compiled) -> dict[str, int]:
             "temp_bytes": int(m.temp_size_in_bytes)}
 
 
-def project_columns_bisect(q, iters: int = 30):
-    """Sort-free candidate for ``optim.project_columns`` (bench only, not used by nlnoise).
-
-    Finds each column's threshold ``tau`` with ``sum(max(v - tau, 0)) = 1`` by bisection on
-    ``[max(v) - 1, max(v)]``, then one exact step ``tau = (sum_S v - 1) / |S|`` on the support
-    ``S = {v > tau}``. O(iters * K^2) elementwise work instead of a sort of every column.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    hi = jnp.max(q, axis=0)
-    lo = hi - 1.0
-
-    def body(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        mass = jnp.sum(jnp.maximum(q - mid, 0.0), axis=0)
-        return jnp.where(mass > 1.0, mid, lo), jnp.where(mass > 1.0, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
-    support = q > lo
-    tau = (jnp.sum(jnp.where(support, q, 0.0), axis=0) - 1.0) / jnp.sum(support, axis=0)
-    return jnp.maximum(q - tau, 0.0)
-
-
-def one_k(k: int, repeats: int, time_update: bool, candidate: bool) -> dict[str, Any]:
+def one_k(k: int, repeats: int, time_update: bool, sort_reference: bool) -> dict[str, Any]:
     """Time and memory of the noise layer and of Q's update for one K."""
     import jax
     import jax.numpy as jnp
@@ -107,22 +83,21 @@ def one_k(k: int, repeats: int, time_update: bool, candidate: bool) -> dict[str,
     layer(logits, q)  # warm-up, not timed
     lt = _timed(layer, (logits, q), repeats)
     out["noise_layer_s"] = {"median": bl.median(lt), "n": len(lt)}
-    # Q's update takes ~25 s at K=10^4 and minutes at 21841: fewer timings there (a scale, not
-    # an A/B comparison).
+    # Fewer timings at K >= 10^4 (a scale, not an A/B comparison): the update was ~25 s and ~4 min
+    # there with the sort projection (before 2026-11-24).
     reps = repeats if k <= 1000 else max(1, repeats // 5 if k > 10000 else repeats // 2)
     if time_update:
         if k <= 1000:
             upd(q, q, opt_state)
         ut = _timed(upd, (q, q, opt_state), reps)
         out["q_update_s"] = {"median": bl.median(ut), "n": len(ut)}
-    if candidate and k <= 10000:
-        cand = jax.jit(project_columns_bisect).lower(q).compile()
-        ref = jax.jit(optim.project_columns)(q) if k <= 1000 else None
-        got = cand(q)
-        ct = _timed(cand, (q,), reps)
-        out["candidate_bisect_projection_s"] = {"median": bl.median(ct), "n": len(ct)}
-        if ref is not None:
-            out["candidate_max_abs_diff"] = float(jnp.max(jnp.abs(got - ref)))
+    if sort_reference and k <= 10000:
+        # optax's sort projection alone, the "before" of the update (too slow at 21841).
+        srt = jax.jit(lambda x: optim.project_columns(x, "sort")).lower(q).compile()
+        got = jax.jit(lambda x: optim.project_columns(x, "newton"))(q)
+        st = _timed(srt, (q,), reps)
+        out["sort_projection_s"] = {"median": bl.median(st), "n": len(st)}
+        out["newton_vs_sort_max_abs_diff"] = float(jnp.max(jnp.abs(got - srt(q))))
     print(f"K={k:6d} Q {out['q_bytes'] / 2**20:9.1f} MiB  layer "
           f"{out['noise_layer_s']['median'] * 1e3:9.2f} ms  update "
           f"{out.get('q_update_s', {}).get('median', float('nan')) * 1e3:10.1f} ms  "
@@ -174,9 +149,9 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
     """Measures item 6; returns ``{"rows": [...], "details": {...}}``."""
     per_k = []
     for k in KS:
-        # The 21841^2 projection sorts 477M floats (minutes); quick mode skips its timing.
-        per_k.append(one_k(k, repeats, time_update=not (quick and k > 10000),
-                           candidate=not quick))
+        # Q's update uses the sort-free projection ("auto"), seconds even at 21841; quick mode
+        # skips timing optax's sort alone (~25 s per call at K=10^4).
+        per_k.append(one_k(k, repeats, time_update=True, sort_reference=not quick))
     proc = subprocess.run([sys.executable, __file__, "--sharded-worker"], capture_output=True,
                           text=True, env={**__import__("os").environ, **bl.device_env(8)},
                           cwd=bl.REPO, timeout=1800)
@@ -203,12 +178,12 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
                ".0f", "(figure)", None, "dense [K, K] gradient of Q (1.9 GB) written every step",
                item=6, unit="ms"),
         bl.row("Q update (decay + projection), K=1000", per_k[2]["q_update_s"]["median"] * 1e3,
-               ".0f", "(figure)", None, "optax projection_simplex sorts every column", item=6,
-               unit="ms"),
+               ".1f", "(figure)", None, "sort-free Newton projection (optim.project_columns)",
+               item=6, unit="ms"),
         bl.row("Q update (decay + projection), K=10000", per_k[3]["q_update_s"]["median"],
-               ".1f", "(figure)", None, "sort of 1e8 floats in XLA:CPU", item=6, unit="s"),
-        bl.row("Q update, K=21841", big.get("q_update_s", {}).get("median"), ".0f", "(figure)",
-               None, "sort of 4.8e8 floats; 3.9 GB of temporaries", item=6, unit="s"),
+               ".2f", "(figure)", None, "sort-free Newton projection", item=6, unit="s"),
+        bl.row("Q update, K=21841", big.get("q_update_s", {}).get("median"), ".1f", "(figure)",
+               None, "sort-free Newton projection of 4.8e8 floats", item=6, unit="s"),
         bl.row("per-device Q memory x N, Q sharded on N=1,2,4,8 (K=10000, allocated)",
                by[(10000, 8)]["q_bytes_per_device_allocated"] / 2**20, ".1f",
                "falls as 1/N", falls, "exact: Q split by columns", item=6, unit="MiB at N=8"),

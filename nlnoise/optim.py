@@ -30,20 +30,93 @@ _NO_PARAMS = "this transformation needs the current params: call update(updates,
 NET, Q = "net", "q"
 
 
-def project_columns(q: jax.Array) -> jax.Array:
-    """Euclidean projection of every column of ``q`` (``[K_noisy, K_true]``) onto the simplex."""
-    if q.ndim != 2:
-        raise ValueError(f"q: column projection needs a 2-D matrix, got shape {q.shape}.")
+# Column length (``K_noisy``) from which ``method="auto"`` uses the sort-free projection. Timed
+# with ``bench/projection_methods.py`` on this 2-core CPU (see docs/performance.md, item 6).
+NEWTON_MIN_K = 32
+
+# Cap on the Newton iterations of the sort-free projection. Each one is a single pass over Q;
+# from the starting threshold below they typically stop after fewer than 10.
+NEWTON_MAX_ITER = 64
+
+PROJECTION_METHODS = ("auto", "sort", "newton")
+
+
+def _project_columns_sort(q: jax.Array) -> jax.Array:
+    # optax's reference: sorts each column, O(K log K) per column, O(K^2 log K) for all of Q.
     return jax.vmap(projections.projection_simplex, in_axes=1, out_axes=1)(q)
 
 
-def project_columns_to_simplex() -> optax.GradientTransformation:
+def _project_columns_newton(q: jax.Array, max_iter: int = NEWTON_MAX_ITER) -> jax.Array:
+    """Sort-free projection of every column onto the simplex (Michelot / Condat).
+
+    The projection is ``max(v - tau, 0)`` with ``tau`` the root of ``f(tau) = sum max(v - tau,
+    0) = 1``. ``f`` is convex, piecewise linear and decreasing, so Newton's step from a ``tau``
+    below the root, ``tau <- (sum_{v > tau} v - 1) / |{v > tau}|`` (Michelot's step), rises
+    monotonically to the root and stops exactly once the support no longer changes. Each step is
+    one elementwise pass with column reductions over axis 0: no sort, no per-column loop, and a
+    Q sharded by columns needs no communication but the loop's stopping test.
+    """
+    k = q.shape[0]
+    col_max = jnp.max(q, axis=0)
+    # Two lower bounds on the root: f(max - 1) >= 1 and f(mean - 1/K) >= sum(v - tau) = 1.
+    tau0 = jnp.maximum(col_max - 1, (jnp.sum(q, axis=0) - 1) / k)
+
+    def step(tau: jax.Array) -> jax.Array:
+        support = q > tau
+        n = jnp.maximum(jnp.sum(support, axis=0), 1).astype(q.dtype)
+        new = (jnp.sum(jnp.where(support, q, 0), axis=0) - 1) / n
+        # In exact arithmetic ``new >= tau``; max() keeps rounding from making it oscillate.
+        return jnp.maximum(tau, new)
+
+    def cond(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        _, moved, i = carry
+        return jnp.logical_and(moved, i < max_iter)
+
+    def body(carry: tuple[jax.Array, jax.Array, jax.Array]
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        tau, _, i = carry
+        new = step(tau)
+        return new, jnp.any(new > tau), i + 1
+
+    tau, _, _ = jax.lax.while_loop(cond, body, (tau0, jnp.array(True), jnp.array(0)))
+    x = jnp.maximum(q - tau, 0)
+    # Exact feasibility: rescale the (already nearly unit) mass, which keeps x >= 0 and puts the
+    # float32 rounding of tau (~1e-7 per entry, K entries) back on the simplex. A column whose
+    # values are so large that ``max - 1 == max`` in its dtype has x = 0: it gets its argmax.
+    total = jnp.sum(x, axis=0)
+    at_max = (q == col_max).astype(q.dtype)
+    fallback = at_max / jnp.sum(at_max, axis=0)
+    return jnp.where(total > 0, x / jnp.where(total > 0, total, 1), fallback)
+
+
+def project_columns(q: jax.Array, method: str = "auto") -> jax.Array:
+    """Euclidean projection of every column of ``q`` (``[K_noisy, K_true]``) onto the simplex.
+
+    ``method="sort"`` is optax's ``projection_simplex`` (the reference), which sorts each
+    column: O(K^2 log K) per step, minutes at K=21841. ``"newton"`` finds each column's
+    threshold by Newton/Michelot steps without sorting (same result up to rounding; columns sum
+    to 1 and are non-negative). ``"auto"`` takes ``"sort"`` below ``NEWTON_MIN_K`` rows and
+    ``"newton"`` from there, where it was measured faster.
+    """
+    if q.ndim != 2:
+        raise ValueError(f"q: column projection needs a 2-D matrix, got shape {q.shape}.")
+    if method not in PROJECTION_METHODS:
+        raise ValueError(f"method: must be one of {PROJECTION_METHODS}, got {method!r}.")
+    if method == "auto":
+        method = "newton" if q.shape[0] >= NEWTON_MIN_K else "sort"
+    return _project_columns_newton(q) if method == "newton" else _project_columns_sort(q)
+
+
+def project_columns_to_simplex(method: str = "auto") -> optax.GradientTransformation:
     """Makes updates land Q on column-stochastic matrices: ``u <- proj(q + u) - q``.
 
     Place it **last** in a chain (after learning-rate scaling and decay): it needs ``params``
     and turns the final update into one after which every column of every 2-D leaf lies on the
-    probability simplex. Zero updates on a point already on the simplex stay exactly zero.
+    probability simplex. ``method`` is that of :func:`project_columns`. With ``"sort"``, zero
+    updates on a point already on the simplex stay exactly zero.
     """
+    if method not in PROJECTION_METHODS:
+        raise ValueError(f"method: must be one of {PROJECTION_METHODS}, got {method!r}.")
 
     def init_fn(params):
         del params
@@ -52,7 +125,8 @@ def project_columns_to_simplex() -> optax.GradientTransformation:
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(_NO_PARAMS)
-        new_updates = jax.tree.map(lambda p, u: project_columns(p + u) - p, params, updates)
+        new_updates = jax.tree.map(lambda p, u: project_columns(p + u, method) - p, params,
+                                   updates)
         return new_updates, state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -104,6 +178,7 @@ def q_optimizer(
     freeze_steps: int = 0,
     momentum: float | None = None,
     regularizer: str = "weight_decay",
+    projection: str = "auto",
 ) -> optax.GradientTransformation:
     """The optimizer for Q: frozen, then SGD + decoupled decay (or trace), then projection.
 
@@ -118,6 +193,8 @@ def q_optimizer(
         inner state (momentum) does not advance.
       momentum: optional heavy-ball momentum for Q's gradient.
       regularizer: ``"weight_decay"`` (the paper's practice) or ``"trace"`` (its principle).
+      projection: the column projection's ``method`` (:func:`project_columns`): ``"auto"``
+        (optax's sort for small K, sort-free from ``NEWTON_MIN_K``), ``"sort"`` or ``"newton"``.
     """
     if weight_decay < 0:
         raise ValueError(f"noise.q_weight_decay: must be >= 0, got {weight_decay}.")
@@ -127,7 +204,7 @@ def q_optimizer(
         optax.trace(decay=momentum) if momentum else optax.identity(),
         add_q_regularizer(weight_decay, regularizer),
         optax.scale_by_learning_rate(learning_rate),
-        project_columns_to_simplex(),
+        project_columns_to_simplex(projection),
     )
     if freeze_steps == 0:
         return inner

@@ -51,6 +51,103 @@ def test_projection_transform_lands_on_simplex_and_needs_params():
         tx.update(g, state)
 
 
+def _hard_columns(k: int, rng: np.random.Generator) -> np.ndarray:
+    """Columns that stress a threshold search: on the simplex, huge, negative, ties, spikes."""
+    e = np.eye(k)
+    cols = [
+        rng.normal(size=k),                      # generic
+        rng.normal(size=k) * 1e3,                # huge spread
+        rng.normal(size=k) + 1e6,                # huge offset
+        -np.abs(rng.normal(size=k)) - 50.0,      # all negative
+        rng.dirichlet(np.ones(k)),               # already on the simplex
+        e[0],                                    # a vertex
+        np.full(k, 1.0 / k),                     # the centre
+        np.full(k, 3.0),                         # all tied, off the simplex
+        np.round(rng.normal(size=k), 1),         # many ties
+        np.r_[np.full(k // 2, 0.7), np.full(k - k // 2, -0.2)],  # two tied blocks
+        np.zeros(k),
+    ]
+    return np.stack(cols, axis=1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 50, 257])
+def test_newton_projection_matches_optax_in_float64(k):
+    rng = np.random.default_rng(k)
+    q = np.concatenate([_hard_columns(k, rng), rng.normal(size=(k, 20)) * 3], axis=1)
+    with jax.enable_x64(True):
+        qq = jnp.asarray(q, jnp.float64)
+        ref = jax.jit(lambda x: optim.project_columns(x, "sort"))(qq)
+        got = jax.jit(lambda x: optim.project_columns(x, "newton"))(qq)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=1e-9)
+        assert (np.asarray(got) >= 0).all()
+        np.testing.assert_allclose(np.asarray(got).sum(0), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 10, 100, 1000])
+def test_newton_projection_float32_is_feasible_and_close(k):
+    rng = np.random.default_rng(0)
+    near = np.eye(k, 32) * 0.5 + 0.5 / k + 1e-3 * rng.normal(size=(k, 32))
+    q = jnp.asarray(np.concatenate([_hard_columns(k, rng), near], axis=1), jnp.float32)
+    got = np.asarray(optim.project_columns(q, "newton"))
+    assert got.dtype == np.float32
+    assert (got >= 0).all()
+    # float64 accumulation: numpy sums a float32 column sequentially (1e-5 off at K=1000).
+    np.testing.assert_allclose(got.sum(0, dtype=np.float64), 1.0, rtol=0, atol=1e-6)
+    # Against optax where float32 can resolve the threshold (not the 1e6-offset column).
+    ok = np.abs(np.asarray(q)).max(0) < 1e4
+    ref = np.asarray(optim.project_columns(q, "sort"))
+    np.testing.assert_allclose(got[:, ok], ref[:, ok], rtol=0, atol=1e-5)
+
+
+def test_newton_projection_huge_float32_column_falls_back_to_argmax():
+    # max - 1 == max in float32 at 1e9: the threshold cannot be resolved; the mass goes to max.
+    q = jnp.asarray([[1e9, 0.0], [2e9, 0.5], [2e9, 0.2]], jnp.float32)
+    got = np.asarray(optim.project_columns(q, "newton"))
+    np.testing.assert_allclose(got[:, 0], [0.0, 0.5, 0.5])
+    np.testing.assert_allclose(got.sum(0), 1.0, atol=1e-6)
+
+
+def test_project_columns_method_choice():
+    q = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
+    small = np.asarray(optim.project_columns(q))
+    assert np.array_equal(small, np.asarray(optim.project_columns(q, "sort")))
+    big = jnp.asarray(np.random.default_rng(1).normal(size=(optim.NEWTON_MIN_K, 4)), jnp.float32)
+    assert np.array_equal(np.asarray(optim.project_columns(big)),
+                          np.asarray(optim.project_columns(big, "newton")))
+    with pytest.raises(ValueError, match="method"):
+        optim.project_columns(q, "bogus")
+    with pytest.raises(ValueError, match="method"):
+        optim.project_columns_to_simplex("bogus")
+
+
+def _run_q_optimizer(tx, k: int, steps: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    q = jnp.asarray(noise.symmetric(k, 0.3), jnp.float32)
+    s = tx.init(q)
+    for _ in range(steps):
+        g = _q_grad(q, jnp.asarray(rng.normal(size=(32, k)), jnp.float32),
+                    jnp.asarray(rng.integers(0, k, 32)))
+        u, s = tx.update(g, s, q)
+        q = optax.apply_updates(q, u)
+    return np.asarray(q)
+
+
+def test_q_optimizer_small_k_unchanged_and_methods_agree():
+    # Small K: "auto" is still optax's sort, bit for bit.
+    auto = _run_q_optimizer(optim.q_optimizer(0.5, weight_decay=0.1, momentum=0.9), 10)
+    ref = _run_q_optimizer(optax.chain(
+        optax.trace(decay=0.9), optim.add_q_regularizer(0.1), optax.scale_by_learning_rate(0.5),
+        optim.project_columns_to_simplex("sort")), 10)
+    assert np.array_equal(auto, ref)
+    # Newton in the same chain follows the same trajectory up to float32 rounding.
+    newton = _run_q_optimizer(
+        optim.q_optimizer(0.5, weight_decay=0.1, momentum=0.9, projection="newton"), 10)
+    np.testing.assert_allclose(newton, ref, rtol=0, atol=1e-5)
+    assert (newton >= 0).all()
+    np.testing.assert_allclose(newton.sum(0), 1.0, atol=1e-6)
+
+
 def _q_grad(q, logits, labels):
     return jax.grad(lambda qq: losses.noisy_cross_entropy(logits, qq, labels).mean())(q)
 
