@@ -13,6 +13,7 @@ simulated devices) run in a :class:`Worker` subprocess that speaks a one-line pr
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -326,3 +327,22 @@ def print_times(title: str, times: Mapping[str, list[float]], images: Mapping[st
         med = median(ts)
         ips = f"{images[name] / med:8.0f} img/s" if images.get(name) else ""
         print(f"  {name:32s} median {med * 1e3:8.2f} ms  (min {min(ts) * 1e3:8.2f}) {ips}")
+
+
+def bench_main(name: str, doc: str, run: Callable[[bool, int], dict[str, Any]],
+               worker: Callable[[], None] | None = None, worker_flag: str = "--worker") -> None:
+    """The command line every benchmark module shares: ``--quick``, ``--repeats`` and a hidden
+    flag that turns the process into a :class:`Worker`; prints the table, writes the JSON."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    if worker is not None:
+        parser.add_argument(worker_flag, action="store_true", dest="worker",
+                            help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if worker is not None and args.worker:
+        worker()
+        return
+    out = run(args.quick, args.repeats)
+    print(markdown_table(out["rows"]))
+    print(write_json(name, {"machine": machine_info(), **out}))

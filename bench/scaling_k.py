@@ -19,7 +19,6 @@ for K = 21841 (not divisible by N).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -199,17 +198,7 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sharded-worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.sharded_worker:
-        sharded_worker()
-        return
-    out = run(args.quick, args.repeats)
-    print(bl.markdown_table(out["rows"]))
-    print(bl.write_json("scaling_k", {"machine": bl.machine_info(), **out}))
+    bl.bench_main("scaling_k", __doc__, run, sharded_worker, worker_flag="--sharded-worker")
 
 
 if __name__ == "__main__":

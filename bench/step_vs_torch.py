@@ -18,7 +18,6 @@ through the compiled HLO's stack frames, to say where the time goes.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -314,17 +313,7 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker()
-        return
-    out = run(args.quick, args.repeats)
-    print(bl.markdown_table(out["rows"]))
-    print(bl.write_json("step_vs_torch", {"machine": bl.machine_info(), **out}))
+    bl.bench_main("step_vs_torch", __doc__, run, worker)
 
 
 if __name__ == "__main__":

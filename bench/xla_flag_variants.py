@@ -12,7 +12,6 @@ rejects is reported as failed. Flags change how XLA compiles, not the model's de
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,17 +81,7 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker()
-        return
-    out = run(args.quick, args.repeats)
-    print(bl.markdown_table(out["rows"]))
-    print(bl.write_json("xla_flag_variants", {"machine": bl.machine_info(), **out}))
+    bl.bench_main("xla_flag_variants", __doc__, run, worker)
 
 
 if __name__ == "__main__":
