@@ -18,6 +18,8 @@ Every comparison is timed in alternation in one run (``benchlib.alternate``), me
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 import traceback
@@ -29,12 +31,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl
 
 COMMAND = "/work/venv/bin/python bench/run_all.py"
+RESULT = "RUN_ALL_RESULT "
 GROUPS = ("step_vs_torch", "noise_overhead", "input_pipeline", "end_to_end", "scaling_k",
           "scaling_devices")
 
 
 def run_group(name: str, quick: bool, repeats: int) -> dict[str, Any]:
-    """Imports and runs one benchmark module."""
+    """Runs one benchmark group in a fresh Python process; its result dict.
+
+    A fresh process per group, because jax fixes its CPU device count at its first operation:
+    ``end_to_end`` must start as ``nlnoise-train`` does (``mesh.cpu_devices`` auto), the
+    others on jax's default single device.
+    """
+    cmd = [sys.executable, __file__, "--child", name, "--repeats", str(repeats)]
+    proc = subprocess.run(cmd + (["--quick"] if quick else []), stdout=subprocess.PIPE,
+                          text=True, cwd=bl.REPO, timeout=3 * 3600)
+    lines = proc.stdout.splitlines()
+    print("\n".join(x for x in lines if not x.startswith(RESULT)), flush=True)
+    results = [x[len(RESULT):] for x in lines if x.startswith(RESULT)]
+    if proc.returncode or not results:
+        raise RuntimeError(f"{name} exited with {proc.returncode}; see its log above")
+    return json.loads(results[-1])
+
+
+def run_in_process(name: str, quick: bool, repeats: int) -> dict[str, Any]:
+    """Imports and runs one benchmark module here."""
     if name == "input_pipeline":
         import input_pipeline
 
@@ -48,7 +69,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS))
     parser.add_argument("--quick", action="store_true", help="fewer steps per repetition")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", choices=GROUPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        out = run_in_process(args.child, args.quick, args.repeats)
+        print(RESULT + json.dumps(out, default=str), flush=True)
+        return
     if args.repeats < 5:
         parser.error("--repeats: every comparison is a median of at least 5 repetitions")
 

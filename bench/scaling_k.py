@@ -10,9 +10,9 @@ For K = 10, 100, 1000, 10000, 21841 (ImageNet-22k), on one device:
 * memory: Q's bytes and the peak temporary bytes XLA allocates for each (``memory_analysis``).
 
 Then, in a subprocess with 8 simulated devices, Q sharded by ``nlnoise.sharding`` over a
-``model`` axis of N = 1, 2, 4, 8 devices: bytes of Q per device (allocated, K = 10000) and the
-compiled Q update's per-device memory (K = 10000 and 21840), plus what the sharding rule does
-for K = 21841 (not divisible by N).
+``model`` axis of N = 1, 2, 4, 8 devices: bytes of Q per device (allocated) and the
+compiled Q update's per-device memory (K = 10000 and 21841; Q stored with its columns padded to
+``sharding.q_storage_columns(K)``, so that every N divides them).
 
     /work/venv/bin/python bench/scaling_k.py [--quick: no timing of the sort projection alone]
 """
@@ -114,15 +114,15 @@ def sharded_worker() -> None:
     from nlnoise import optim, sharding
 
     res: dict[str, Any] = {"devices": jax.device_count(), "rows": []}
-    for k, allocate in ((10000, True), (21840, False), (21841, False)):
+    for k in (10000, 21841):
+        # Q as nlnoise stores it: columns padded to sharding.q_storage_columns(k).
+        shape = (k, sharding.q_storage_columns(k))
         for n in (1, 2, 4, 8):
             mesh = sharding.make_mesh(1, n)
-            abstract = {"params": {"q": jax.ShapeDtypeStruct((k, k), jnp.float32)}}
+            abstract = {"params": {"q": jax.ShapeDtypeStruct(shape, jnp.float32)}}
             sh = sharding.state_shardings(mesh, abstract)["params"]["q"]
-            r: dict[str, Any] = {"k": k, "n": n, "spec": str(sh.spec),
-                                 "q_shard_shape": list(sh.shard_shape((k, k))),
-                                 "q_bytes_per_device_rule": 4 * int(
-                                     sh.shard_shape((k, k))[0] * sh.shard_shape((k, k))[1])}
+            r: dict[str, Any] = {"k": k, "n": n, "spec": str(sh.spec), "stored_shape": shape,
+                                 "q_shard_shape": list(sh.shard_shape(shape))}
             tx = optim.q_optimizer(1e-3, weight_decay=0.1, freeze_steps=0)
             st_abs = jax.eval_shape(tx.init, abstract["params"]["q"])
             st_sh = jax.tree.map(lambda _, m=mesh: sharding.replicated(m), st_abs)
@@ -131,15 +131,14 @@ def sharded_worker() -> None:
                 u, st = tx.update(g, st, qq)
                 return qq + u, st
 
-            if k <= 21840 or n == 1:
-                qa = jax.ShapeDtypeStruct((k, k), jnp.float32, sharding=sh)
-                compiled = jax.jit(update, in_shardings=(sh, sh, st_sh),
-                                   out_shardings=(sh, st_sh)).lower(qa, qa, st_abs).compile()
-                r["q_update_mem_per_device"] = _mem(compiled)
-            if allocate:
-                q = jax.device_put(jnp.eye(k, dtype=jnp.float32), sh)
-                r["q_bytes_per_device_allocated"] = sharding.per_device_bytes(q)
-                del q
+            qa = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sh)
+            compiled = jax.jit(update, in_shardings=(sh, sh, st_sh),
+                               out_shardings=(sh, st_sh)).lower(qa, qa, st_abs).compile()
+            r["q_update_mem_per_device"] = _mem(compiled)
+            q = jax.jit(lambda kk=k: sharding.pad_q(jnp.eye(kk, dtype=jnp.float32)),
+                        out_shardings=sh)()
+            r["q_bytes_per_device_allocated"] = sharding.per_device_bytes(q)
+            del q
             res["rows"].append(r)
     print(json.dumps(res), flush=True)
 
@@ -160,17 +159,16 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
     shard = json.loads(lines[-1])
     for r in shard["rows"]:
         print(f"K={r['k']:6d} N={r['n']} spec={r['spec']:22s} Q/device "
-              f"{r['q_bytes_per_device_rule'] / 2**20:9.1f} MiB "
-              f"alloc {r.get('q_bytes_per_device_allocated', 0) / 2**20:9.1f} MiB  update temp "
-              f"{r.get('q_update_mem_per_device', {}).get('temp_bytes', 0) / 2**20:9.1f} MiB")
+              f"{r['q_bytes_per_device_allocated'] / 2**20:9.1f} MiB  update temp "
+              f"{r['q_update_mem_per_device'].get('temp_bytes', 0) / 2**20:9.1f} MiB")
 
     by = {(r["k"], r["n"]): r for r in shard["rows"]}
-    falls = all(by[(10000, n)]["q_bytes_per_device_allocated"] * n
-                == by[(10000, 1)]["q_bytes_per_device_allocated"] for n in (2, 4, 8))
-    falls_22k = all(by[(21840, n)]["q_bytes_per_device_rule"] * n
-                    == by[(21840, 1)]["q_bytes_per_device_rule"] for n in (2, 4, 8))
-    odd_sharded = by[(21841, 8)]["q_bytes_per_device_rule"] < by[(21841, 1)][
-        "q_bytes_per_device_rule"]
+
+    def falls(k: int, key) -> bool:
+        return all(key(by[(k, n)]) * n <= key(by[(k, 1)]) for n in (2, 4, 8))
+
+    alloc = lambda r: r["q_bytes_per_device_allocated"]
+    temp = lambda r: r["q_update_mem_per_device"].get("temp_bytes", 0)
     big = per_k[-1]
     rows = [
         bl.row("noise layer fwd+bwd, batch 128, K=21841", big["noise_layer_s"]["median"] * 1e3,
@@ -183,16 +181,16 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
                ".2f", "(figure)", None, "sort-free Newton projection", item=6, unit="s"),
         bl.row("Q update, K=21841", big.get("q_update_s", {}).get("median"), ".1f", "(figure)",
                None, "sort-free Newton projection of 4.8e8 floats", item=6, unit="s"),
-        bl.row("per-device Q memory x N, Q sharded on N=1,2,4,8 (K=10000, allocated)",
-               by[(10000, 8)]["q_bytes_per_device_allocated"] / 2**20, ".1f",
-               "falls as 1/N", falls, "exact: Q split by columns", item=6, unit="MiB at N=8"),
-        bl.row("per-device Q memory, K=21840 (sharding rule)",
-               by[(21840, 8)]["q_bytes_per_device_rule"] / 2**20, ".0f", "falls as 1/N",
-               falls_22k, "exact", item=6, unit="MiB at N=8"),
-        bl.row("per-device Q memory, K=21841 (not divisible by N)",
-               by[(21841, 8)]["q_bytes_per_device_rule"] / 2**20, ".0f", "falls as 1/N",
-               odd_sharded, "nlnoise.sharding replicates Q when K % N != 0", item=6,
-               unit="MiB at N=8"),
+        bl.row("per-device Q memory, Q sharded on N=1,2,4,8 (K=10000, allocated)",
+               alloc(by[(10000, 8)]) / 2**20, ".1f", "falls as 1/N", falls(10000, alloc),
+               "exact: Q split by columns (stored 10000 x 10112)", item=6, unit="MiB at N=8"),
+        bl.row("per-device Q memory, K=21841 (allocated)", alloc(by[(21841, 8)]) / 2**20,
+               ".0f", "falls as 1/N", falls(21841, alloc),
+               "columns padded to 21888 (sharding.q_storage_columns) so N divides them",
+               item=6, unit="MiB at N=8"),
+        bl.row("Q update temporaries per device, K=21841", temp(by[(21841, 8)]) / 2**20, ".0f",
+               "(figure)", None, f"{temp(by[(21841, 1)]) / 2**20:.0f} MiB on one device",
+               item=6, unit="MiB at N=8"),
     ]
     return {"rows": rows, "details": {"per_k": per_k, "sharded": shard}}
 

@@ -24,8 +24,13 @@ Keys (users and scripts rely on these names):
   ``noise.q_decay_tolerance`` (relative), the decay on Q is multiplied by
   ``noise.q_decay_factor``: the paper's manual practice, automated; it needs no clean labels).
 * ``dataset.*``: see :mod:`nlnoise.data`.
-* ``mesh.data`` (-1: all remaining devices), ``mesh.model``.
-* ``eval_every_epochs``, ``checkpoint_every_steps`` (0: once per epoch), ``keep_checkpoints``,
+* ``mesh.data`` (-1: all remaining devices), ``mesh.model``; ``mesh.cpu_devices``: on a
+  CPU host, split it into this many XLA devices (-1, the default: jax's one device; 0: auto,
+  up to 8; see ``sharding.configure_cpu_devices``; applied before jax's first operation).
+  Opt-in: 1.2-1.5x the images/s here, but XLA:CPU's in-process collectives aborted 2 of 9
+  runs on a 3x oversubscribed machine (docs/performance.md).
+* ``compilation_cache_dir`` (jax's persistent compilation cache; "" disables it),
+  ``eval_every_epochs``, ``checkpoint_every_steps`` (0: once per epoch), ``keep_checkpoints``,
   ``log_every_steps``, ``progress_bar``, ``tensorboard``, ``plots``, ``max_steps`` (0: no cap).
 """
 
@@ -87,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.dataset = default_dataset_config()
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "cpu_devices": -1})
 
     c.eval_every_epochs = 1.0
     c.checkpoint_every_steps = 0
@@ -96,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
     c.tensorboard = True
     c.plots = True
+    # XLA's persistent compilation cache: a rerun, a resumed run or the next cell of a sweep
+    # loads its compiled steps instead of compiling them again. "" disables it.
+    c.compilation_cache_dir = "~/.cache/nlnoise/jax"
     return c
 
 
@@ -211,6 +219,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     _number(cfg, "batch_size", lo=1, integer=True)
     _number(cfg, "num_epochs", lo=1, integer=True)
     _number(cfg, "max_steps", lo=0, integer=True)
+    if not isinstance(cfg.compilation_cache_dir, str):
+        raise _err("compilation_cache_dir", "must be a directory path, or '' to disable the "
+                   f"cache; got {cfg.compilation_cache_dir!r}.")
     _number(cfg, "learning_rate", lo=0, lo_open=True)
     _number(cfg, "momentum", lo=0, hi=1)
     if cfg.momentum >= 1:
@@ -279,12 +290,18 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     _validate_mesh(cfg, num_devices)
 
 
+def check_cpu_devices(cfg: ml_collections.ConfigDict) -> None:
+    """Checks ``mesh.cpu_devices`` alone, without starting jax (it must be set before)."""
+    _number(cfg, "mesh.cpu_devices", lo=-1, integer=True)
+
+
 def _validate_mesh(cfg, num_devices: int | None) -> None:
     import jax
 
     devices = jax.device_count() if num_devices is None else num_devices
     _number(cfg, "mesh.model", lo=1, integer=True)
     _number(cfg, "mesh.data", lo=-1, integer=True)
+    _number(cfg, "mesh.cpu_devices", lo=-1, integer=True)
     data, model = cfg.mesh.data, cfg.mesh.model
     if data == 0:
         raise _err("mesh.data", "must be >= 1, or -1 for all devices not used by mesh.model.")

@@ -7,9 +7,13 @@ kernels (AlexNet's fc6/fc7/fc8) by their output features. Everything else is rep
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -17,6 +21,61 @@ from jax.sharding import PartitionSpec as P
 DATA, MODEL = "data", "model"
 # Dense kernels with at least this many elements are sharded over the model axis.
 MIN_SHARDED_KERNEL = 1 << 20
+# Q with at least this many classes is stored with its columns padded to a multiple of
+# Q_COLUMN_MULTIPLE, so that it shards over any model axis of size dividing 128 (jax refuses
+# uneven shardings). The padding depends on K alone, not on the mesh, so a checkpoint resumes
+# on a different mesh. Below the threshold Q is small and is replicated when K does not divide.
+Q_PAD_MIN_K = 1024
+Q_COLUMN_MULTIPLE = 128
+
+
+# On a CPU host, XLA runs one device's convolutions on a few intra-op threads and leaves cores
+# idle between ops; splitting the host into several devices runs the batch's shards
+# concurrently. layers18pct, batch 128, 2 cores: 1 / 2 / 4 / 8 devices gave 1.0 / 1.09 / 1.30 /
+# 1.50x the images/s (docs/performance.md), so ``auto`` asks for up to 8. It is opt-in
+# (mesh.cpu_devices=-1 by default): the devices' all-reduces rendezvous in-process, and on a
+# 3x oversubscribed machine XLA aborted 2 of 9 runs when a rendezvous waited over 40 s.
+AUTO_CPU_DEVICES = (8, 4, 2)
+log = logging.getLogger(__name__)
+
+
+def configure_cpu_devices(requested: int = 0, *, batch_sizes: Sequence[int] = (),
+                          model: int = 1) -> int | None:
+    """Splits a CPU host into ``n`` XLA devices (data parallel); call before jax's first op.
+
+    ``requested``: ``n >= 1`` exactly, ``0`` for auto (the largest of 8, 4, 2 that divides every
+    ``batch_sizes`` entry and is a multiple of the mesh's ``model`` size, on single-process
+    hosts with 2+ cores), ``-1`` to leave jax's default. Auto also leaves alone a device count
+    already set by ``XLA_FLAGS=--xla_force_host_platform_device_count`` or
+    ``jax_num_cpu_devices``, and does nothing once jax has run (a notebook); an explicit
+    ``n`` then logs a warning. Only the CPU backend is affected: on GPU/TPU hosts the mesh uses
+    the accelerators as before. Returns the count set, or None if nothing was changed.
+    """
+    if requested == -1:
+        return None
+    auto = requested == 0
+    if auto:
+        preset = ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+                  or jax.config.jax_num_cpu_devices != -1)
+        if preset or jax.distributed.is_initialized() or (os.cpu_count() or 1) < 2:
+            return None
+        fits = [n for n in AUTO_CPU_DEVICES
+                if n % model == 0 and all(b % n == 0 for b in batch_sizes)]
+        if not fits:
+            return None
+        requested = fits[0]
+    if jax.config.jax_num_cpu_devices == requested:
+        return requested
+    try:
+        jax.config.update("jax_num_cpu_devices", int(requested))
+    except RuntimeError:
+        # jax already ran something in this process: its devices stay as they are.
+        if not auto:
+            log.warning("mesh.cpu_devices=%d ignored: jax was already initialised in this "
+                        "process; set it before jax's first operation (nlnoise-train does).",
+                        requested)
+        return None
+    return int(requested)
 
 
 def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
@@ -39,6 +98,35 @@ def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
     return Mesh(arr, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
+def q_storage_columns(k: int) -> int:
+    """Number of columns Q ``[K, K]`` is stored with: ``K``, or for ``K >= Q_PAD_MIN_K`` the
+    next multiple of ``Q_COLUMN_MULTIPLE`` (ImageNet-22k: 21841 -> 21888, 0.2% more)."""
+    if k < Q_PAD_MIN_K:
+        return k
+    return -(-k // Q_COLUMN_MULTIPLE) * Q_COLUMN_MULTIPLE
+
+
+def pad_q(q):
+    """Q ``[K, K]`` (columns = true classes) to its storage shape ``[K, q_storage_columns(K)]``.
+
+    The extra columns are zeros: they stand for true classes the network never outputs, so
+    they take no part in ``Q p`` (see :func:`unpad_q`).
+    """
+    k = q.shape[0]
+    if q.ndim != 2 or q.shape[1] != k:
+        raise ValueError(f"q: expected a square [K, K] matrix, got shape {q.shape}.")
+    extra = q_storage_columns(k) - k
+    if not extra:
+        return q
+    xp = np if isinstance(q, np.ndarray) else jnp
+    return xp.pad(q, ((0, 0), (0, extra)))
+
+
+def unpad_q(q):
+    """The logical Q ``[K, K]`` from its storage form ``[K, K_stored >= K]`` (a no-op if square)."""
+    return q[:, : q.shape[0]]
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over ``data``, replicated over ``model``."""
     return NamedSharding(mesh, P(DATA))
@@ -54,7 +142,8 @@ def _param_spec(path, leaf, model_size: int) -> P:
     names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
     shape = leaf.shape
     if names and names[-1] == "q" and len(shape) == 2:
-        # Q by columns (true classes): projection is per column, so it stays local.
+        # Q by columns (true classes): projection is per column, so it stays local. Large Q
+        # is stored padded (q_storage_columns) so that this divides.
         return P(None, MODEL) if shape[1] % model_size == 0 else P()
     if len(shape) == 2 and math.prod(shape) >= MIN_SHARDED_KERNEL and shape[1] % model_size == 0:
         return P(None, MODEL)

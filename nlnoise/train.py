@@ -4,9 +4,10 @@ Users' own loops need only :class:`TrainState`, :func:`create_train_state`, :fun
 and :func:`eval_step`; :func:`train_and_evaluate` is the full system (data, mesh, checkpoints,
 metrics, plots) behind ``nlnoise-train``.
 
-Q in the state is ``params["q"]``, ``[K_noisy, K_true]``, column-stochastic
-(``q[j, i] = p(noisy=j | true=i)``). Evaluation and prediction never use it: the noise layer is
-removed and predictions are ``softmax(f(x))``.
+Q in the state is ``state.q``, ``[K_noisy, K_true]``, column-stochastic
+(``q[j, i] = p(noisy=j | true=i)``); ``params["q"]`` is its storage form, padded for
+K >= 1024. Evaluation and prediction never use it: the noise layer is removed and
+predictions are ``softmax(f(x))``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class NonFiniteError(FloatingPointError):
 class TrainState(struct.PyTreeNode):
     """Everything that changes during training, as one pytree.
 
-    ``params`` is ``{"net": <network params>, "q": [K_noisy, K_true]}``. ``rng`` is the base
+    ``params`` is ``{"net": <network params>, "q": [K_noisy, K_true]}``; for K >= 1024 Q is
+    stored with zero columns appended (``sharding.q_storage_columns``) so that it shards
+    evenly; :attr:`q` is always the square ``[K, K]`` matrix. ``rng`` is the base
     key; step ``t`` uses ``fold_in(rng, t)``, so a resumed run draws the same dropout masks.
     ``bad_step`` is -1 while every step has been finite; otherwise the first step whose loss,
     gradients or new Q were not (``bad_what`` says which, as ``BAD_*`` bits). From that step
@@ -72,6 +75,11 @@ class TrainState(struct.PyTreeNode):
     q_init_step: int = struct.field(pytree_node=False, default=-1)
     q_stats_from: int = struct.field(pytree_node=False, default=0)
 
+    @property
+    def q(self) -> jax.Array:
+        """The noise matrix ``[K_noisy, K_true]``, ``q[j, i] = p(noisy=j | true=i)``, unpadded."""
+        return sharding.unpad_q(self.params["q"])
+
     def checkpoint_items(self) -> dict[str, Any]:
         """The pytree that is saved: every array field, no functions."""
         return _items(self)
@@ -94,14 +102,16 @@ def create_train_state(
     ``noise_model`` is ``none`` | ``learned`` | ``true`` | ``outlier``; only ``learned`` lets
     ``tx`` change Q. ``num_classes`` is the number of inlier classes K (the model may output
     K+1). ``input_shape`` is one example's ``(H, W, C)``. ``q_init_step``/``q_stats_from``:
-    see :class:`TrainState` (learned Q only).
+    see :class:`TrainState` (learned Q only). Q is stored padded for K >= 1024 (see
+    :class:`TrainState`).
     """
     if noise_model not in config_lib.NOISE_MODELS:
         raise ValueError(f"noise.model: must be one of {config_lib.NOISE_MODELS}, "
                          f"got {noise_model!r}.")
     init_key, rng = jax.random.split(jax.random.key(seed))
     variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
-    params = {"net": variables["params"], "q": jnp.asarray(q_init, jnp.float32)}
+    params = {"net": variables["params"],
+              "q": sharding.pad_q(jnp.asarray(q_init, jnp.float32))}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -161,7 +171,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
     def loss_fn(params):
         logits = state.apply_fn({"params": params["net"]}, batch["image"], train=True,
                                 rngs={"dropout": rng})
-        q = params["q"] if state.noise_model == "learned" else jax.lax.stop_gradient(params["q"])
+        q = sharding.unpad_q(params["q"])
+        q = q if state.noise_model == "learned" else jax.lax.stop_gradient(q)
         per_example = losses.noisy_cross_entropy(logits, q if use_q else None, batch["label"])
         return jnp.mean(per_example), logits
 
@@ -182,13 +193,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
         in_window = (state.step >= state.q_stats_from) & (state.step < state.q_init_step)
         counts = jax.ops.segment_sum(jax.nn.softmax(logits.astype(jnp.float32), -1),
                                      batch["label"], num_segments=q_stats.shape[0])
+        counts = jnp.pad(counts, ((0, 0), (0, q_stats.shape[1] - counts.shape[1])))
         q_stats = q_stats + jnp.where(in_window, counts, 0)
 
-    pred = jnp.argmax(losses.noisy_probs(logits, state.params["q"]) if use_q else logits, -1)
+    pred = jnp.argmax(losses.noisy_probs(logits, state.q) if use_q else logits, -1)
     metrics = {
         "loss": loss,
         "noisy_error": jnp.mean(pred != batch["label"]),
-        "q_trace": jnp.trace(state.params["q"]),
+        "q_trace": jnp.trace(state.q),
         "grad_norm": optax.tree.norm(grads["net"]),
     }
     new_state = state.replace(
@@ -388,7 +400,7 @@ def _load_confusion(path: str) -> np.ndarray:
 # Keys a resumed run may change without being refused as a different run: how it is shown,
 # the device layout (restoring onto another device count is supported) and its length.
 RESUMABLE_KEYS = ("progress_bar", "tensorboard", "plots", "log_every_steps", "mesh",
-                  "num_epochs", "max_steps")
+                  "num_epochs", "max_steps", "compilation_cache_dir")
 
 
 def _jitted_loop_fns(mesh, state_sh, acc_sh):
@@ -465,9 +477,31 @@ def _evaluate(state, eval_fn, cfg, ds, mesh, spec: RunSpec) -> dict[str, Any]:
         out["outlier_ap"] = det["average_precision"]
         out["_pr"] = det
     if state.noise_model != "none":
-        q = np.asarray(jax.device_get(state.params["q"]), np.float64)
+        q = np.asarray(jax.device_get(state.q), np.float64)
         out.update(evaluate.q_metrics(q, spec.q_true))
     return out
+
+
+def enable_compilation_cache(path: str) -> str | None:
+    """Points jax's persistent compilation cache at ``path`` (``~`` expanded); "" = off.
+
+    Returns the directory in use. An unusable directory is not fatal: the run compiles as
+    usual and a warning says why.
+    """
+    if not path:
+        return None
+    path = os.path.abspath(os.path.expanduser(path))
+    current = jax.config.jax_compilation_cache_dir
+    if current:  # set by the user (JAX_COMPILATION_CACHE_DIR) or an earlier run: keep it
+        return current
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        log.warning("compilation_cache_dir=%s cannot be created (%s); compiling without a "
+                    "persistent cache. Set compilation_cache_dir='' to silence this.", path, e)
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
@@ -483,7 +517,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     from nlnoise import workdir as workdir_lib
 
     wall_start = time.time()
+    # Before jax's first operation (validate's device count is one): split a CPU host into
+    # devices. Malformed sizes are left to validate, which names them.
+    config_lib.check_cpu_devices(cfg)
+    sizes = [b for b in (cfg.batch_size, cfg.dataset.get("eval_batch_size"))
+             if isinstance(b, int) and b > 0]
+    sharding.configure_cpu_devices(
+        cfg.mesh.cpu_devices, batch_sizes=sizes,
+        model=cfg.mesh.model if isinstance(cfg.mesh.model, int) else 1)
     config_lib.validate(cfg)
+    enable_compilation_cache(cfg.compilation_cache_dir)
     run_dir = workdir_lib.RunDir(workdir)
     finished = run_dir.check_config(cfg, RESUMABLE_KEYS, overwrite=overwrite)
     if finished is not None:
@@ -602,7 +645,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
 
     final = records[-1] if records else {}
     params = host_params(state)
-    q = np.asarray(params["q"], np.float64)
+    q = np.asarray(sharding.unpad_q(params["q"]), np.float64)
     summary = {
         "final": final,
         "steps": total,

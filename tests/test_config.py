@@ -82,6 +82,7 @@ BAD = [
     ("model.name", "resnet", "model.name"),
     ("mesh.model", 3, "mesh.model"),
     ("mesh.data", 16, "mesh"),
+    ("mesh.cpu_devices", -2, "mesh.cpu_devices"),
     ("keep_checkpoints", 0, "keep_checkpoints"),
     ("lr_boundaries_epochs", (60, 30), "lr_boundaries_epochs"),
     ("eval_every_epochs", 0.0, "eval_every_epochs"),

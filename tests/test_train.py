@@ -159,7 +159,11 @@ def test_decay_scale_lives_in_the_optimizer_state_and_can_be_lowered():
     assert float(jnp.trace(without.params["q"])) > float(jnp.trace(with_decay.params["q"]))
 
 
-def test_confusion_start_sets_q_from_predictions_at_the_end_of_the_freeze():
+@pytest.mark.parametrize("padded", [False, True])
+def test_confusion_start_sets_q_from_predictions_at_the_end_of_the_freeze(padded, monkeypatch):
+    if padded:  # Q stored with padded columns, as for K >= 1024
+        monkeypatch.setattr(sharding, "Q_PAD_MIN_K", 1)
+        monkeypatch.setattr(sharding, "Q_COLUMN_MULTIPLE", 8)
     model = models.get_model("tiny_cnn", K)
     tx = optim.train_state_optimizer(optim.net_optimizer(0.0, momentum=0.0),
                                      optim.q_optimizer(0.0, weight_decay=0.0, freeze_steps=3))
@@ -178,4 +182,30 @@ def test_confusion_start_sets_q_from_predictions_at_the_end_of_the_freeze():
         np.add.at(stats, y, p)
     expected = stats / stats.sum(0, keepdims=True)
     # lr 0: Q after step 3 is exactly the estimate (then projected: already on the simplex).
-    np.testing.assert_allclose(state.params["q"], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state.q, expected, rtol=1e-4, atol=1e-6)
+    assert state.params["q"].shape == (K, 8 if padded else K)
+
+
+def test_padded_q_trains_like_square_q_and_shards_when_k_does_not_divide(monkeypatch):
+    """Q stored with padded columns (as for K >= 1024) gives the same steps as square Q."""
+    batches = [_batch(s, n=32) for s in range(3)]
+    results = []
+    for pad in (False, True):
+        if pad:  # K=4 stands in for 21841: 8 devices do not divide it, its padded 8 columns
+            monkeypatch.setattr(sharding, "Q_PAD_MIN_K", 1)
+            monkeypatch.setattr(sharding, "Q_COLUMN_MULTIPLE", 8)
+        state = _state("learned", q_init=noise.symmetric(K, 0.2))
+        assert state.params["q"].shape == (K, 8 if pad else K) and state.q.shape == (K, K)
+        mesh = sharding.make_mesh(1, 8 if pad else 1)
+        st_sh = sharding.state_shardings(mesh, state)
+        step = train.jit_train_step(mesh, st_sh)
+        s = jax.device_put(state, st_sh)
+        if pad:
+            assert sharding.per_device_bytes(s.params["q"]) == K * 8 * 4 // 8
+        for b in batches:
+            s, m = step(s, jax.device_put(b, sharding.batch_sharding(mesh)))
+        results.append((np.asarray(s.q), float(m["loss"]), float(m["q_trace"])))
+    (q0, l0, t0), (q1, l1, t1) = results
+    assert l1 == pytest.approx(l0, rel=1e-5) and t1 == pytest.approx(t0, rel=1e-5)
+    np.testing.assert_allclose(q1, q0, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(q1, noise.symmetric(K, 0.2), atol=1e-4)  # Q did learn

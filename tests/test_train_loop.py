@@ -162,3 +162,29 @@ def test_summary_confusion_makes_an_adversarial_qstar(finished_run, tmp_path):
                   "noise.confusion_path": os.path.join(d, "summary.json")})
     adv = train.train_and_evaluate(cfg, str(tmp_path / "adv"))
     np.testing.assert_allclose(adv["q_true"], noise.adversarial(conf, 0.4), atol=1e-12)
+
+
+def test_warm_compilation_cache_changes_nothing_and_cpu_is_not_split_by_default(tmp_path):
+    """The second nlnoise-train run loads its compiled steps from the persistent cache the
+    first one filled, and must end bit-identical. With no device flags, jax's single CPU
+    device is used (mesh.cpu_devices=-1 is the default; the split is opt-in)."""
+    cache = tmp_path / "xla-cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",
+                                                            "JAX_COMPILATION_CACHE_DIR")}
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    summaries = []
+    for run in ("cold", "warm"):
+        d = tmp_path / run
+        cmd = [sys.executable, "-m", "nlnoise.main", "--config=configs/digits.py:runlocal",
+               f"--workdir={d}", "--config.progress_bar=False", "--config.plots=False",
+               f"--config.compilation_cache_dir={cache}"]
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summaries.append(json.load(open(d / "summary.json")))
+        if run == "cold":
+            assert any(cache.iterdir()), "the first run filled the compilation cache"
+    cold, warm = summaries
+    assert cold["num_devices"] == warm["num_devices"] == 1
+    assert cold["params_sha256"] == warm["params_sha256"]
+    assert cold["final"] == warm["final"]
