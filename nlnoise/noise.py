@@ -283,22 +283,26 @@ def _uniforms(seed: int, indices: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
 
 
-def check_labels(labels, num_classes: int, name: str = "labels") -> np.ndarray:
-    """Returns ``labels`` as an int64 vector, or raises if any lies outside ``[0, num_classes)``."""
+def check_labels(labels, num_classes: int, name: str = "labels", *,
+                 error: type[Exception] = ValueError, integral_floats: bool = True,
+                 hint: str = "Check the dataset's num_classes.") -> np.ndarray:
+    """Returns ``labels`` as an int64 vector, or raises if any lies outside ``[0, num_classes)``.
+
+    ``error`` is the exception raised (its message names ``name`` and ends with ``hint``);
+    ``integral_floats`` accepts floats that are whole numbers (e.g. labels from a CSV).
+    """
     arr = np.asarray(labels)
     if arr.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D vector of class indices, got shape {arr.shape}.")
+        raise error(f"{name}: expected a 1-D vector of class indices, got shape {arr.shape}.")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise ValueError(f"{name}: class indices must be integers, got dtype {arr.dtype}.")
+        if not integral_floats or not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise error(f"{name}: class indices must be integers, got dtype {arr.dtype}.")
     arr = arr.astype(np.int64)
     bad = (arr < 0) | (arr >= num_classes)
     if bad.any():
         n = int(np.argmax(bad))
-        raise ValueError(
-            f"{name}: {int(bad.sum())} labels outside [0, {num_classes}); first is {arr[n]} at "
-            f"index {n}. Check the dataset's num_classes."
-        )
+        raise error(f"{name}: {int(bad.sum())} labels outside [0, {num_classes}); first is "
+                    f"{arr[n]} at index {n}. {hint}")
     return arr
 
 

@@ -172,3 +172,13 @@ def test_realized_transition_empty_class_is_nan_and_labels_checked():
 def test_relative_l1():
     assert noise.relative_l1(np.eye(3), np.eye(3)) == 0
     assert noise.relative_l1(np.full((2, 2), 0.5), np.eye(2)) == pytest.approx(1.0)
+
+
+def test_check_labels_error_type_float_policy_and_hint():
+    np.testing.assert_array_equal(noise.check_labels(np.array([0.0, 2.0]), 3), [0, 2])
+    with pytest.raises(TypeError, match="train.labels: class indices must be integers"):
+        noise.check_labels(np.array([0.0, 2.0]), 3, "train.labels", error=TypeError,
+                           integral_floats=False)
+    with pytest.raises(ValueError, match=r"1 labels outside \[0, 3\); first is 3 at index 1\. "
+                                         "Fix me"):
+        noise.check_labels([0, 3], 3, hint="Fix me")

@@ -260,20 +260,11 @@ def check_images(images: Any, field: str) -> np.ndarray:
 
 def check_class_labels(labels: Any, num_classes: int, field: str) -> np.ndarray:
     """int64 ``[N]`` in ``[0, num_classes)`` or a DataError naming ``field``."""
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise DataError(f"{field}: labels must be a 1-D vector, got shape {arr.shape}.")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"{field}: labels must be integers, got dtype {arr.dtype}.")
-    arr = arr.astype(np.int64)
-    bad = (arr < 0) | (arr >= num_classes)
-    if bad.any():
-        n = int(np.argmax(bad))
-        raise DataError(
-            f"{field}: {int(bad.sum())} labels outside [0, {num_classes}); first is {arr[n]} at "
-            f"index {n}. The file does not match this dataset's {num_classes} classes."
-        )
-    return arr
+    from nlnoise import noise
+
+    return noise.check_labels(
+        labels, num_classes, field, error=DataError, integral_floats=False,
+        hint=f"The file does not match this dataset's {num_classes} classes.")
 
 
 # --------------------------------------------------------------------------------------------
