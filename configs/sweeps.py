@@ -61,10 +61,11 @@ def get_sweeps() -> dict[str, dict]:
         "cifar_outlier": {
             "config": CIFAR_OUTLIER, "dir": "cifar10_outlier", "base": CIFAR_BASE + ",size=10000",
             "x": "outlier_ratio",
-            "grid": [f"ratio={r},model='{m}'" + (f",alpha_scale={a}" if a != 1.0 else "")
-                     for r in (1.0, 0.5, 2.0)
-                     for m, a in (("none", 1.0), ("outlier", 1.0), ("outlier", 0.85),
-                                  ("outlier", 1.15))],
+            # none against outlier at every ratio first, then the alpha perturbations.
+            "grid": [f"ratio={r},model='{m}'" for r in (1.0, 0.5, 2.0)
+                     for m in ("none", "outlier")]
+                    + [f"ratio={r},model='outlier',alpha_scale={a}" for r in (1.0, 0.5, 2.0)
+                       for a in (0.85, 1.15)],
             "doc": "Fig. 5/6: open-set outliers (classes 5-9 into inliers 0-4) at N_out/N_in "
                    "0.5, 1, 2; outlier model with alpha from the counts and +-15%.",
         },
