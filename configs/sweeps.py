@@ -53,6 +53,20 @@ def get_sweeps() -> dict[str, dict]:
             "doc": "Table 1: adversarial flips at 40% (from the clean model's confusion) and "
                    "sparse random flips at 50% over m=3 other classes.",
         },
+        "fashion_recipe": {
+            "config": FASHION, "dir": "fashion", "base": FASHION_BASE, "x": "noise_kind",
+            # Learned Q started from the network's confusion at the end of the freeze
+            # (noise.q_init=confusion, noisy labels only) under 10x less decay, against the
+            # default recipe's cells of fashion_structured and fashion_noise.
+            "grid": [(f"{name},recipe=confusion",
+                      f"{variant},noise.q_init='confusion',noise.q_weight_decay=0.01")
+                     for name, variant in (
+                         _adversarial(0.4)[1],
+                         ("size=60000,noise=0.5,model=learned",
+                          "size=60000,noise=0.5,model='learned'"))],
+            "doc": "The learned-Q recipe: confusion start and decay 0.01 on adversarial 40% "
+                   "and paper-random 50% flips.",
+        },
         "cifar_noise": {
             "config": CIFAR, "dir": "cifar10", "base": CIFAR_BASE, "x": "noise_level",
             "grid": {"noise": [0.5, 0.3, 0.7], "model": MODELS},
