@@ -55,17 +55,20 @@ def get_sweeps() -> dict[str, dict]:
         },
         "fashion_recipe": {
             "config": FASHION, "dir": "fashion", "base": FASHION_BASE, "x": "noise_kind",
-            # Learned Q started from the network's confusion at the end of the freeze
-            # (noise.q_init=confusion, noisy labels only) under 10x less decay, against the
-            # default recipe's cells of fashion_structured and fashion_noise.
-            "grid": [(f"{name},recipe=confusion",
-                      f"{variant},noise.q_init='confusion',noise.q_weight_decay=0.01")
+            # Variants of the learned-Q recipe against the default's cells of fashion_structured
+            # and fashion_noise: Q's gradient clipped (noise.q_grad_clip); Q started from the
+            # network's confusion at the end of the freeze (noise.q_init=confusion, noisy labels
+            # only) under 10x less decay.
+            "grid": [(f"{name},recipe={recipe}", f"{variant},{extra}")
+                     for recipe, extra in (
+                         ("clip10", "noise.q_grad_clip=10.0"),
+                         ("confusion", "noise.q_init='confusion',noise.q_weight_decay=0.01"))
                      for name, variant in (
                          _adversarial(0.4)[1],
                          ("size=60000,noise=0.5,model=learned",
                           "size=60000,noise=0.5,model='learned'"))],
-            "doc": "The learned-Q recipe: confusion start and decay 0.01 on adversarial 40% "
-                   "and paper-random 50% flips.",
+            "doc": "The learned-Q recipe on adversarial 40% and paper-random 50% flips: Q's "
+                   "gradient clipped to norm 10; confusion start with decay 0.01.",
         },
         "cifar_noise": {
             "config": CIFAR, "dir": "cifar10", "base": CIFAR_BASE, "x": "noise_level",

@@ -16,6 +16,7 @@ Keys (users and scripts rely on these names):
   ``noise.confusion_path``, ``noise.q_path`` (``kind=custom``); ``noise.alpha`` (None: from
   the outlier counts) and ``noise.alpha_scale``; ``noise.freeze_epochs``, ``noise.q_weight_decay``,
   ``noise.q_learning_rate`` (None: ``learning_rate``), ``noise.q_momentum``,
+  ``noise.q_grad_clip`` (clip Q's gradient to this global norm; 0: off),
   ``noise.q_regularizer``; ``noise.q_init``: ``identity`` (the paper: Q leaves the identity by
   decay) or ``confusion`` (at the end of the freeze Q is set to ``P(noisy | prediction)``
   measured over the last ``noise.q_stats_epochs`` epochs of training batches);
@@ -83,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.noise.q_weight_decay = 0.1
     c.noise.q_learning_rate = placeholder(float)  # None: the network's learning rate
     c.noise.q_momentum = 0.0
+    c.noise.q_grad_clip = 0.0  # 0: off; see optim.q_optimizer
     c.noise.q_regularizer = "weight_decay"
     c.noise.q_init = "identity"
     c.noise.q_decay_rule = "lower_on_rise"
@@ -255,6 +257,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     _number(cfg, "noise.q_weight_decay", lo=0)
     _number(cfg, "noise.q_learning_rate", lo=0, lo_open=True, optional=True)
     _number(cfg, "noise.q_momentum", lo=0, hi=1)
+    _number(cfg, "noise.q_grad_clip", lo=0)
     if n.q_regularizer not in ("weight_decay", "trace"):
         raise _err("noise.q_regularizer", f"must be 'weight_decay' or 'trace', got "
                    f"{n.q_regularizer!r}.")

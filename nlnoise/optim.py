@@ -179,6 +179,7 @@ def q_optimizer(
     momentum: float | None = None,
     regularizer: str = "weight_decay",
     projection: str = "auto",
+    grad_clip: float = 0.0,
 ) -> optax.GradientTransformation:
     """The optimizer for Q: frozen, then SGD + decoupled decay (or trace), then projection.
 
@@ -195,12 +196,20 @@ def q_optimizer(
       regularizer: ``"weight_decay"`` (the paper's practice) or ``"trace"`` (its principle).
       projection: the column projection's ``method`` (:func:`project_columns`): ``"auto"``
         (optax's sort for small K, sort-free from ``NEWTON_MIN_K``), ``"sort"`` or ``"newton"``.
+      grad_clip: if > 0, Q's gradient is clipped to this global norm (each entry first to
+        +-grad_clip, so that the norm itself stays finite). ``d log(Q p)_j / d Q[j, i] =
+        p_i / (Q p)_j`` is unbounded where the network gives the observed noisy label almost
+        no mass; one such batch can throw every column of Q onto a vertex.
     """
+    if grad_clip < 0:
+        raise ValueError(f"noise.q_grad_clip: must be >= 0 (0: off), got {grad_clip}.")
     if weight_decay < 0:
         raise ValueError(f"noise.q_weight_decay: must be >= 0, got {weight_decay}.")
     if int(freeze_steps) != freeze_steps or freeze_steps < 0:
         raise ValueError(f"freeze_steps: must be a non-negative integer, got {freeze_steps!r}.")
     inner = optax.chain(
+        optax.chain(optax.clip(grad_clip), optax.clip_by_global_norm(grad_clip))
+        if grad_clip else optax.identity(),
         optax.trace(decay=momentum) if momentum else optax.identity(),
         add_q_regularizer(weight_decay, regularizer),
         optax.scale_by_learning_rate(learning_rate),

@@ -356,7 +356,8 @@ def build_optimizer(cfg: ml_collections.ConfigDict, spec: RunSpec) -> optax.Grad
         q_tx = optim.q_optimizer(q_lr, weight_decay=cfg.noise.q_weight_decay,
                                  freeze_steps=spec.freeze_steps,
                                  momentum=cfg.noise.q_momentum or None,
-                                 regularizer=cfg.noise.q_regularizer)
+                                 regularizer=cfg.noise.q_regularizer,
+                                 grad_clip=cfg.noise.q_grad_clip)
     return optim.train_state_optimizer(net_tx, q_tx)
 
 

@@ -102,6 +102,24 @@ def _comparable(cfg_dict: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, 
     return d
 
 
+def _fill_added_defaults(old: dict, new: dict, defaults: dict) -> dict:
+    """``old`` plus every key it lacks that ``new`` sets to its default value.
+
+    A run started before a config key existed behaved as that key's default does, so a new key
+    left at its default is not a difference (the run still resumes after an upgrade).
+    """
+    out = dict(old)
+    for key, value in new.items():
+        default = defaults.get(key, "<none>") if isinstance(defaults, dict) else "<none>"
+        if key not in out:
+            if value == default:
+                out[key] = value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = _fill_added_defaults(out[key], value, default if isinstance(default, dict)
+                                            else {})
+    return out
+
+
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
@@ -138,6 +156,8 @@ class RunDir:
         with open(self.config_path) as f:
             old = json.load(f)["config"]
         new = json.loads(config_lib.to_json(cfg))
+        old = _fill_added_defaults(old, new, json.loads(config_lib.to_json(
+            config_lib.base_config())))
         diff = _diff(_comparable(old, ignore), _comparable(new, ignore))
         if not diff:
             same_length = all(old.get(k) == new.get(k) for k in ("num_epochs", "max_steps"))

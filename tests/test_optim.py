@@ -237,3 +237,25 @@ def test_schedule_from_epochs():
     assert float(sched(19)) == pytest.approx(0.1)
     assert float(sched(20)) == pytest.approx(0.01)
     assert float(sched(30)) == pytest.approx(0.001)
+
+
+def test_q_grad_clip_bounds_a_huge_gradient_and_leaves_small_ones_alone():
+    k = 5
+    q = jnp.eye(k)
+    huge = jnp.zeros((k, k)).at[3, 0].set(-1e26)  # p_i / (Qp)_j at the loss's cap
+    small = 0.01 * jnp.ones((k, k))
+    for clip in (0.0, 10.0):
+        tx = optim.q_optimizer(0.01, weight_decay=0.0, grad_clip=clip)
+        u, _ = tx.update(huge, tx.init(q), q)
+        new = q + u
+        np.testing.assert_allclose(new.sum(0), 1.0, atol=1e-5)  # still on the simplex
+        if clip:  # one step moves column 0 by at most lr * clip
+            assert float(new[3, 0]) <= 0.01 * clip + 1e-6
+        else:  # unclipped: column 0 jumps onto the vertex of row 3
+            assert float(new[3, 0]) == pytest.approx(1.0)
+    plain = optim.q_optimizer(0.01, weight_decay=0.1)
+    clipped = optim.q_optimizer(0.01, weight_decay=0.1, grad_clip=10.0)
+    np.testing.assert_array_equal(plain.update(small, plain.init(q), q)[0],
+                                  clipped.update(small, clipped.init(q), q)[0])
+    with pytest.raises(ValueError, match="noise.q_grad_clip"):
+        optim.q_optimizer(0.01, grad_clip=-1.0)
