@@ -16,7 +16,7 @@ Keys (users and scripts rely on these names):
   ``noise.confusion_path``, ``noise.q_path`` (``kind=custom``); ``noise.alpha`` (None: from
   the outlier counts) and ``noise.alpha_scale``; ``noise.freeze_epochs``, ``noise.q_weight_decay``,
   ``noise.q_learning_rate`` (None: ``learning_rate``), ``noise.q_momentum``,
-  ``noise.q_grad_clip`` (clip Q's gradient to this global norm; 0: off),
+  ``noise.q_grad_clip`` (clip Q's gradient to this global norm, default 10; 0: off),
   ``noise.q_regularizer``; ``noise.q_init``: ``identity`` (the paper: Q leaves the identity by
   decay) or ``confusion`` (at the end of the freeze Q is set to ``P(noisy | prediction)``
   measured over the last ``noise.q_stats_epochs`` epochs of training batches);
@@ -52,6 +52,11 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
 
+# Keys added after runs were already being made, with the value an older run behaved as. A
+# run whose config.json lacks one is compared (on resume) as if it had set this value.
+LEGACY_VALUES = {"noise.q_grad_clip": 0.0, "mesh.cpu_devices": -1}
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every experiment (the paper's CIFAR-10 schedule where it has one)."""
     from nlnoise.data import default_dataset_config
@@ -84,7 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.noise.q_weight_decay = 0.1
     c.noise.q_learning_rate = placeholder(float)  # None: the network's learning rate
     c.noise.q_momentum = 0.0
-    c.noise.q_grad_clip = 0.0  # 0: off; see optim.q_optimizer
+    # Q's gradient clipped to global norm 10 (0: off): without it one batch of adversarial
+    # flips threw Q onto two rows at the end of the freeze (docs/results.md, section 4).
+    c.noise.q_grad_clip = 10.0
     c.noise.q_regularizer = "weight_decay"
     c.noise.q_init = "identity"
     c.noise.q_decay_rule = "lower_on_rise"

@@ -102,21 +102,20 @@ def _comparable(cfg_dict: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, 
     return d
 
 
-def _fill_added_defaults(old: dict, new: dict, defaults: dict) -> dict:
-    """``old`` plus every key it lacks that ``new`` sets to its default value.
+def _fill_legacy(old: dict, legacy: dict[str, Any]) -> dict:
+    """``old`` with every key of ``legacy`` (dotted) it lacks set to its legacy value.
 
-    A run started before a config key existed behaved as that key's default does, so a new key
-    left at its default is not a difference (the run still resumes after an upgrade).
+    A run made before a config key existed behaved as that value, so it is compared as such:
+    it resumes when the new config keeps that behaviour, and is a different run otherwise.
     """
-    out = dict(old)
-    for key, value in new.items():
-        default = defaults.get(key, "<none>") if isinstance(defaults, dict) else "<none>"
-        if key not in out:
-            if value == default:
-                out[key] = value
-        elif isinstance(out[key], dict) and isinstance(value, dict):
-            out[key] = _fill_added_defaults(out[key], value, default if isinstance(default, dict)
-                                            else {})
+    out = json.loads(json.dumps(old))
+    for dotted, value in legacy.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
     return out
 
 
@@ -156,8 +155,7 @@ class RunDir:
         with open(self.config_path) as f:
             old = json.load(f)["config"]
         new = json.loads(config_lib.to_json(cfg))
-        old = _fill_added_defaults(old, new, json.loads(config_lib.to_json(
-            config_lib.base_config())))
+        old = _fill_legacy(old, config_lib.LEGACY_VALUES)
         diff = _diff(_comparable(old, ignore), _comparable(new, ignore))
         if not diff:
             same_length = all(old.get(k) == new.get(k) for k in ("num_epochs", "max_steps"))

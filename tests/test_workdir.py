@@ -41,18 +41,19 @@ def test_config_identity(tmp_path):
         run.start(cfg, dataset_fingerprint="xyz")
 
 
-def test_run_started_before_a_config_key_existed_still_resumes(tmp_path):
+def test_run_started_before_a_config_key_existed_compares_as_its_legacy_value(tmp_path):
     run = workdir.RunDir(str(tmp_path))
     cfg = load("digits")
     run.start(cfg, dataset_fingerprint="abc")
     saved = json.load(open(tmp_path / "config.json"))
-    del saved["config"]["noise"]["q_grad_clip"]  # as written by an older nlnoise
+    del saved["config"]["noise"]["q_grad_clip"]  # as written before the key existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert run.check_config(cfg, IGNORE) is None  # the new key at its default: same run
-    changed = load("digits")
-    changed.noise.q_grad_clip = 5.0
-    with pytest.raises(workdir.WorkdirError, match=r"noise\.q_grad_clip: '<missing>' -> 5\.0"):
-        run.check_config(changed, IGNORE)
+    # That run did not clip: the new default (10) is a different run, an explicit 0 is not.
+    with pytest.raises(workdir.WorkdirError, match=r"noise\.q_grad_clip: 0\.0 -> 10\.0"):
+        run.check_config(cfg, IGNORE)
+    same = load("digits")
+    same.noise.q_grad_clip = 0.0
+    assert run.check_config(same, IGNORE) is None
 
 
 def test_finished_run_is_recognised_and_overwrite_archives(tmp_path):
