@@ -69,7 +69,14 @@ def get_sweeps() -> dict[str, dict]:
                      for name, variant in (
                          _adversarial(0.4)[1],
                          ("size=60000,noise=0.5,model=learned",
-                          "size=60000,noise=0.5,model='learned'"))],
+                          "size=60000,noise=0.5,model='learned'"))]
+                    + [(f"{name},recipe=clip10", f"{variant},noise.q_grad_clip=10.0")
+                       for name, variant in (
+                           ("size=10000,noise=0.5,model=learned",
+                            "size=10000,noise=0.5,model='learned'"),
+                           ("size=60000,kind=sparse_random,noise=0.5,model=learned,m=3",
+                            "size=60000,kind='sparse_random',noise=0.5,model='learned',"
+                            "noise.m=3"))],
             "doc": "The learned-Q recipe on adversarial 40% and paper-random 50% flips: Q's "
                    "gradient clipped to norm 10; confusion start with decay 0.01.",
         },
