@@ -76,6 +76,8 @@ def get_sweeps() -> dict[str, dict]:
                             "size=10000,noise=0.5,model='learned'"),
                            ("size=60000,noise=0.7,model=learned",
                             "size=60000,noise=0.7,model='learned'"),
+                           ("size=60000,noise=0.3,model=learned",
+                            "size=60000,noise=0.3,model='learned'"),
                            ("size=60000,kind=sparse_random,noise=0.5,model=learned,m=3",
                             "size=60000,kind='sparse_random',noise=0.5,model='learned',"
                             "noise.m=3"))],
