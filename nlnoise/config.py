@@ -311,7 +311,7 @@ def _validate_mesh(cfg, num_devices: int | None) -> None:
     devices = jax.device_count() if num_devices is None else num_devices
     _number(cfg, "mesh.model", lo=1, integer=True)
     _number(cfg, "mesh.data", lo=-1, integer=True)
-    _number(cfg, "mesh.cpu_devices", lo=-1, integer=True)
+    check_cpu_devices(cfg)
     data, model = cfg.mesh.data, cfg.mesh.model
     if data == 0:
         raise _err("mesh.data", "must be >= 1, or -1 for all devices not used by mesh.model.")
