@@ -102,4 +102,16 @@ def get_sweeps() -> dict[str, dict]:
             "doc": "Fig. 5/6: open-set outliers (classes 5-9 into inliers 0-4) at N_out/N_in "
                    "0.5, 1, 2; outlier model with alpha from the counts and +-15%.",
         },
+        "cifar_outlier_size": {
+            # The paper's "the outlier model helps most for small training sets": N_in of
+            # 2500 and 5000 at N_out/N_in = 1; the 10000 cells are cifar_outlier's (same config,
+            # same name, so they are read, not rerun).
+            "config": CIFAR_OUTLIER, "dir": "cifar10_outlier", "base": CIFAR_BASE + "," + LEGACY,
+            "x": "train_size",
+            "grid": [(f"size={n},ratio=1.0,model={m}" if n != 10000 else
+                      f"ratio=1.0,model={m}", f"size={n},ratio=1.0,model='{m}'")
+                     for n in (2500, 5000, 10000) for m in ("none", "outlier")],
+            "doc": "Fig. 5: open-set outliers at N_out/N_in = 1 against the number of inliers "
+                   "(2500, 5000, 10000); none against outlier.",
+        },
     }

@@ -86,3 +86,20 @@ def test_real_adhoc_sweep_from_the_command_line(tmp_path):
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert json.load(open(root / "sw.json")) == table
+
+
+def test_outlier_size_sweep_reuses_the_outlier_cells_at_10k():
+    sweeps = sweep.load_sweeps(SWEEPS)
+
+    def cells(name):
+        s = sweeps[name]
+        return {cell_name: experiments.load_config(
+            str(REPO / s["config"]), ",".join(v for v in (s["base"], variant) if v)).to_dict()
+            for cell_name, variant in map(experiments.split_cell, experiments.expand(s["grid"]))}
+
+    size, outlier = cells("cifar_outlier_size"), cells("cifar_outlier")
+    shared = set(size) & set(outlier)
+    assert shared == {"ratio-1.0__model-none", "ratio-1.0__model-outlier"}
+    for name in shared:  # same workdir and same config: read, never retrained or refused
+        assert size[name] == outlier[name], name
+    assert {c["dataset"]["train_size"] for c in size.values()} == {2500, 5000, 10000}
