@@ -5,10 +5,11 @@ nlnoise's jitted train step (``nlnoise.train.jit_train_step``: the paper's CIFAR
 runs in this process; the same network and step in PyTorch 2.13 CPU run in worker
 subprocesses (``bench/torch_step.py``): 2 threads (this machine's cores), 1 thread, and 2
 threads with channels-last tensors. The reference is the fastest PyTorch variant. nlnoise's
-step runs in this process on one XLA device (the default), and in worker subprocesses with
-the opt-in ``mesh.cpu_devices=8`` (the host split into 8 XLA devices, data-parallel, applied
-through ``nlnoise.sharding.configure_cpu_devices``), with YNNPACK off
-(``bench/xla_flag_variants.py``), and with both. A float32
+step runs in a worker subprocess as ``nlnoise-train`` runs it by default (the config's
+``mesh.cpu_devices``, 0 = auto, applied through ``nlnoise.sharding.configure_cpu_devices``:
+the host split into up to 8 XLA devices, data-parallel), in this process on jax's one XLA
+device (``mesh.cpu_devices=-1``), with YNNPACK off (``bench/xla_flag_variants.py``), and
+8 devices with YNNPACK off. A float32
 2048^2 matmul is timed in the same alternation as this machine's peak FLOP/s for MFU.
 
 Then one profile of the step (``jax.profiler`` trace, per XLA thunk) is attributed to layers
@@ -38,17 +39,23 @@ IMAGE = (32, 32, 3)
 NO_YNN = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot"
 # The worker reads CPU_DEVICES_ENV and applies it as nlnoise-train does (mesh.cpu_devices).
 CPU_DEVICES_ENV = "NLNOISE_BENCH_CPU_DEVICES"
-SPLIT = "nlnoise_cpu_devices_8"
+DEFAULT = "nlnoise_default"  # what nlnoise-train runs when nothing is set
+ONE = "nlnoise"  # in this process: jax's one CPU device (mesh.cpu_devices=-1)
 VARIANT_ENVS = {
-    SPLIT: {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(bl.REPO), CPU_DEVICES_ENV: "8"},
     "nlnoise_no_ynnpack": bl.device_env(1, NO_YNN),
     "nlnoise_8_devices_no_ynnpack": bl.device_env(8, NO_YNN),
 }
 VARIANT_TEXT = {
-    SPLIT: "opt-in mesh.cpu_devices=8 (the host split into 8 XLA devices, data-parallel)",
     "nlnoise_no_ynnpack": f"one device, XLA_FLAGS={NO_YNN}",
     "nlnoise_8_devices_no_ynnpack": "8 devices and no YNNPACK",
 }
+
+
+def default_cpu_devices() -> int:
+    """``mesh.cpu_devices`` of nlnoise's base config (what ``nlnoise-train`` applies)."""
+    from nlnoise import config
+
+    return int(config.base_config().mesh.cpu_devices)
 
 
 def layers18pct_flops(batch: int = BATCH, image: tuple[int, int, int] = IMAGE,
@@ -226,6 +233,8 @@ def worker() -> None:
     """Worker side: the same step over all of this process's (simulated) devices."""
     import os
 
+    import jax
+
     if CPU_DEVICES_ENV in os.environ:
         from nlnoise import sharding
 
@@ -234,7 +243,7 @@ def worker() -> None:
         print(f"worker: mesh.cpu_devices -> {got}", file=sys.stderr)
     runner, _ = bl.nlnoise_step("layers18pct", batch=BATCH, image_shape=IMAGE)
     runner(2)
-    bl.serve(runner, {})
+    bl.serve(runner, {"devices": jax.device_count()})
 
 
 def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
@@ -242,20 +251,23 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
     runner, handles = bl.nlnoise_step("layers18pct", batch=BATCH, image_shape=IMAGE)
     runner(2)
     mm_runner, mm_flops = bl.matmul_runner(2048)
-    runners: dict[str, bl.Runner] = {"nlnoise": runner, "matmul_2048": mm_runner}
-    steps = {"nlnoise": 3 if quick else 4, "matmul_2048": 10}
+    runners: dict[str, bl.Runner] = {ONE: runner, "matmul_2048": mm_runner}
+    steps = {ONE: 3 if quick else 4, "matmul_2048": 10}
     torch_py = bl.find_torch_python()
     workers: list[bl.Worker] = []
     torch_info: dict[str, Any] = {}
     try:
         # The same step in worker processes: as nlnoise-train runs it on a CPU host (split into
-        # 8 XLA devices, whose programs run concurrently and keep both cores busier), and with
-        # XLA's own (Eigen) kernels in place of YNNPACK's (bench/xla_flag_variants.py).
-        for name, env in VARIANT_ENVS.items():
+        # up to 8 XLA devices, whose programs run concurrently and keep both cores busier), and
+        # with XLA's own (Eigen) kernels in place of YNNPACK's (bench/xla_flag_variants.py).
+        envs = {DEFAULT: {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(bl.REPO),
+                          CPU_DEVICES_ENV: str(default_cpu_devices())}, **VARIANT_ENVS}
+        for name, env in envs.items():
             w = bl.Worker([sys.executable, __file__, "--worker"], env=env)
             workers.append(w)
             runners[name] = w
-            steps[name] = steps["nlnoise"]
+            steps[name] = steps[ONE]
+        default_devices = runners[DEFAULT].info.get("devices")
         if torch_py:
             base = [torch_py, str(bl.BENCH / "torch_step.py"), "--batch", str(BATCH)]
             for name, extra in (("torch_2threads", []), ("torch_1thread", ["--threads", "1"]),
@@ -274,10 +286,13 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
     med = {n: bl.median(t) for n, t in times.items()}
     ips = {n: BATCH / med[n] for n in times if n != "matmul_2048"}
     torch_names = [n for n in times if n.startswith("torch")]
-    rows = [bl.row("nlnoise train step, layers18pct, batch 128 (default: one XLA device)",
-                   ips["nlnoise"], ".0f", "(figure)", None, "XLA:CPU convolutions (see "
-                   "profile); one device program leaves cores idle between ops", item=1,
-                   unit="images/s"),
+    rows = [bl.row(f"nlnoise train step, layers18pct, batch 128, as nlnoise-train runs it "
+                   f"(default mesh.cpu_devices={default_cpu_devices()}: {default_devices} XLA "
+                   f"devices)", ips[DEFAULT], ".0f", "(figure)", None,
+                   "XLA:CPU convolutions (see profile)", item=1, unit="images/s"),
+            bl.row("nlnoise, same step on jax's one CPU device (mesh.cpu_devices=-1)",
+                   ips[ONE], ".0f", "(figure)", None, "one device program leaves cores idle "
+                   "between ops", item=1, unit="images/s"),
             *[bl.row(f"nlnoise, same step, {VARIANT_TEXT[n]}", ips[n], ".0f", "(figure)",
                      None, "not the default", item=1, unit="images/s")
               for n in VARIANT_ENVS]]
@@ -285,7 +300,7 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
                                "torch_python": torch_py, "torch_workers": torch_info}
     if torch_names:
         best = min(torch_names, key=lambda n: med[n])
-        ratios = {n: bl.paired_ratio(times, n, "nlnoise") for n in torch_names}
+        ratios = {n: bl.paired_ratio(times, n, DEFAULT) for n in torch_names}
         details["ratio_nlnoise_over_torch"] = ratios
         rows.append(bl.row(f"PyTorch 2.13 CPU, same step (fastest variant: {best})", ips[best],
                            ".0f", "(figure)", None, "oneDNN/ATen kernels; thread oversubscription "
@@ -295,10 +310,11 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
                            ratio, ".2f", ">= 1.0 (goal 1.25)", ratio >= 1.0,
                            "XLA:CPU conv kernels and unfused elementwise passes (profile)",
                            item=1, goal_met=ratio >= 1.25))
-        for n in VARIANT_ENVS:
+        texts = {ONE: "jax's one CPU device (mesh.cpu_devices=-1)", **VARIANT_TEXT}
+        for n, text in texts.items():
             r = details.setdefault("ratio_variant_over_torch", {})[n] = bl.paired_ratio(
                 times, best, n)
-            rows.append(bl.row(f"the same ratio, nlnoise with {VARIANT_TEXT[n]}", r, ".2f",
+            rows.append(bl.row(f"the same ratio, nlnoise with {text}", r, ".2f",
                                ">= 1.0 (goal 1.25)", r >= 1.0, "not the default", item=1,
                                goal_met=r >= 1.25))
     else:
@@ -310,15 +326,21 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
     flops = layers18pct_flops()
     xla_flops = bl.step_flops(handles)
     peak = [mm_flops / t for t in times["matmul_2048"]]
-    mfu = bl.median([flops["total"] / s / p for s, p in zip(times["nlnoise"], peak, strict=True)])
+    mfus = {n: bl.median([flops["total"] / s / p for s, p in zip(times[n], peak, strict=True)])
+            for n in (DEFAULT, ONE)}
+    mfu = mfus[DEFAULT]
     details["mfu"] = {"model_flops_per_step": flops, "xla_cost_analysis_flops": xla_flops,
-                      "peak_matmul_flops_per_s": bl.median(peak),
-                      "achieved_flops_per_s": flops["total"] / med["nlnoise"]}
+                      "peak_matmul_flops_per_s": bl.median(peak), "mfu": mfus,
+                      "achieved_flops_per_s": flops["total"] / med[DEFAULT]}
     rows.append(bl.row("peak float32 matmul 2048^2 (same run)", bl.median(peak) / 1e9, ".0f",
                        "(figure)", None, "2 shared cores", item=3, unit="GFLOP/s"))
-    rows.append(bl.row("MFU of the train step (model FLOPs / step time / peak)", mfu * 100,
-                       ".1f", "(figure)", None, "small convs (3-64 channels) run far below "
-                       "matmul peak; elementwise passes between them", item=3, unit="%"))
+    rows.append(bl.row("MFU of the train step as nlnoise-train runs it (model FLOPs / step "
+                       "time / peak)", mfu * 100, ".1f", "(figure)", None,
+                       "small convs (3-64 channels) run far below matmul peak; elementwise "
+                       "passes between them", item=3, unit="%"))
+    rows.append(bl.row("MFU of the same step on one device", mfus[ONE] * 100, ".1f",
+                       "(figure)", None, "one device program leaves cores idle between ops",
+                       item=3, unit="%"))
     details["profile"] = profile_step(runner, handles, steps=3 if quick else 5)
     print(json.dumps(details["profile"], indent=1))
     return {"rows": rows, "details": details}

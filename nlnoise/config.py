@@ -26,10 +26,11 @@ Keys (users and scripts rely on these names):
   ``noise.q_decay_factor``: the paper's manual practice, automated; it needs no clean labels).
 * ``dataset.*``: see :mod:`nlnoise.data`.
 * ``mesh.data`` (-1: all remaining devices), ``mesh.model``; ``mesh.cpu_devices``: on a
-  CPU host, split it into this many XLA devices (-1, the default: jax's one device; 0: auto,
-  up to 8; see ``sharding.configure_cpu_devices``; applied before jax's first operation).
-  Opt-in: 1.2-1.5x the images/s here, but XLA:CPU's in-process collectives aborted 2 of 9
-  runs on a 3x oversubscribed machine (docs/performance.md).
+  CPU host, split it into this many XLA devices (0, the default: auto, up to 8, the largest
+  that divides the batch sizes; -1: jax's one device; see ``sharding.configure_cpu_devices``;
+  applied before jax's first operation, so not in a process that already used jax). 1.2-1.5x
+  the images/s on 2 cores (docs/performance.md). Results differ from a one-device run only by
+  float summation order.
 * ``compilation_cache_dir`` (jax's persistent compilation cache; "" disables it),
   ``eval_every_epochs``, ``checkpoint_every_steps`` (0: once per epoch), ``keep_checkpoints``,
   ``log_every_steps``, ``progress_bar``, ``tensorboard``, ``plots``, ``max_steps`` (0: no cap).
@@ -101,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.dataset = default_dataset_config()
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "cpu_devices": -1})
+    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "cpu_devices": 0})
 
     c.eval_every_epochs = 1.0
     c.checkpoint_every_steps = 0

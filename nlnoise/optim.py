@@ -207,9 +207,12 @@ def q_optimizer(
         raise ValueError(f"noise.q_weight_decay: must be >= 0, got {weight_decay}.")
     if int(freeze_steps) != freeze_steps or freeze_steps < 0:
         raise ValueError(f"freeze_steps: must be a non-negative integer, got {freeze_steps!r}.")
+    # No stage at all when the clip is off: the optimizer state then has the layout runs had
+    # before noise.q_grad_clip existed, so their checkpoints (compared as q_grad_clip=0, see
+    # config.LEGACY_VALUES) restore.
+    clip = ([optax.clip(grad_clip), optax.clip_by_global_norm(grad_clip)] if grad_clip else [])
     inner = optax.chain(
-        optax.chain(optax.clip(grad_clip), optax.clip_by_global_norm(grad_clip))
-        if grad_clip else optax.identity(),
+        *clip,
         optax.trace(decay=momentum) if momentum else optax.identity(),
         add_q_regularizer(weight_decay, regularizer),
         optax.scale_by_learning_rate(learning_rate),

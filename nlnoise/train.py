@@ -12,6 +12,7 @@ predictions are ``softmax(f(x))``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -242,7 +243,9 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
 def jit_train_step(mesh, state_sharding):
     """``train_step`` jitted over ``mesh``: state sharded as given, batch over ``data``.
 
-    The per-step dropout key is ``fold_in(state.rng, state.step)``; the state is donated.
+    The per-step dropout key is ``fold_in(state.rng, state.step)``; the state is donated. In
+    your own loop on a CPU host split into several devices, pass each step's metrics to a
+    :class:`DispatchWindow`: XLA:CPU can deadlock when the host runs 32 steps ahead.
     """
     batch_sh = sharding.batch_sharding(mesh)
     repl = sharding.replicated(mesh)
@@ -253,6 +256,40 @@ def jit_train_step(mesh, state_sharding):
 
     return jax.jit(step, in_shardings=(state_sharding, batch_sh),
                    out_shardings=(state_sharding, repl), donate_argnums=(0,))
+
+
+# Steps a loop may dispatch ahead of the device. XLA:CPU (jaxlib 0.10.2) runs each device's share
+# of a multi-device program on a client thread pool of max(cores, devices) threads, and a
+# device takes at most 32 computations in flight: once the host is 32 launches ahead, the next
+# launch's per-device tasks take pool threads and block on that limit, while the oldest launch
+# needs every device at its all-reduce at once. With fewer cores than devices (a CPU host split
+# by mesh.cpu_devices) the all-reduce then waits forever and XLA ends the process after 40 s.
+# Two or three steps ahead keep the device fed; more buys nothing.
+MAX_STEPS_IN_FLIGHT = 3
+
+
+class DispatchWindow:
+    """Bounds how many dispatched steps may still be running; use it in any loop over
+    ``jit_train_step`` on a multi-device CPU mesh (see ``MAX_STEPS_IN_FLIGHT``).
+
+    ``push(out)`` takes an output of the newest step that is not donated to the next one (its
+    metrics) and waits for the step ``limit`` launches back to finish.
+    """
+
+    def __init__(self, limit: int | None = None):
+        limit = MAX_STEPS_IN_FLIGHT if limit is None else limit
+        if limit < 1:
+            raise ValueError(f"DispatchWindow: limit={limit}; it must be >= 1.")
+        self.limit = limit
+        self._pending: collections.deque = collections.deque()
+
+    def push(self, out: Any) -> None:
+        self._pending.append(out)
+        while len(self._pending) > self.limit:
+            jax.block_until_ready(self._pending.popleft())
+
+    def __len__(self) -> int:
+        return len(self._pending)
 
 
 def jit_eval_step(mesh, state_sharding):
@@ -311,13 +348,17 @@ def resolve_run(cfg: ml_collections.ConfigDict, ds) -> RunSpec:
         if num_outputs == k + 1:  # known outliers keep their label K
             q_true = np.pad(q_true, ((0, 1), (0, 1)))
             q_true[k, k] = 1.0
+    elif cfg.noise.kind == "identity" or not cfg.noise.level:
+        # No flips were injected: the noise process is the identity (the level-0 point of a
+        # noise sweep, where `true` and `learned` start from the same Q as `none`).
+        q_true = np.eye(num_outputs)
     else:
         q_true = None
     if cfg.noise.model == "true":
         if q_true is None:
             raise config_lib.ConfigError(
-                "noise.model: 'true' needs the Q* that made the noise, but this dataset has "
-                "no label flips (noise.level=0 or noise.kind=identity).")
+                "noise.model: 'true' needs the Q* that made the noise, and this dataset's "
+                "is not known; use noise.model='learned' or 'none'.")
         q_init = q_true
     elif outlier:
         q_init = noise.outlier_eqn9(k, alpha)
@@ -584,12 +625,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     train_time, timed_steps, last_sync, last_step = 0.0, 0, None, start
     step = start
     last_confusion = None
+    in_flight = DispatchWindow()
     try:
         while step < total:
             local = next(it)
             batch = data.make_global_batch({"image": local["image"], "label": local["label"]},
                                            batch_sh)
             state, acc, last_m = train_fn(state, acc, batch)
+            in_flight.push(last_m)
             step += 1
             if _TRACE_PHASES and step % 5 == 0:
                 _phase("train", step)

@@ -259,3 +259,17 @@ def test_q_grad_clip_bounds_a_huge_gradient_and_leaves_small_ones_alone():
                                   clipped.update(small, clipped.init(q), q)[0])
     with pytest.raises(ValueError, match="noise.q_grad_clip"):
         optim.q_optimizer(0.01, grad_clip=-1.0)
+
+
+def test_q_optimizer_without_clip_keeps_the_state_layout_of_runs_made_before_the_clip():
+    """Runs from before noise.q_grad_clip resume as q_grad_clip=0 (config.LEGACY_VALUES), so
+    their checkpoints' optimizer state must restore: same tree as the chain of that time."""
+    q = jnp.eye(4)
+    before = optax.transforms.conditionally_mask(
+        optax.chain(optax.identity(), optim.add_q_regularizer(0.1, "weight_decay"),
+                    optax.scale_by_learning_rate(0.01), optim.project_columns_to_simplex()),
+        lambda step: step >= 5)
+    now = optim.q_optimizer(0.01, weight_decay=0.1, freeze_steps=5, grad_clip=0.0)
+    assert jax.tree.structure(now.init(q)) == jax.tree.structure(before.init(q))
+    clipped = optim.q_optimizer(0.01, weight_decay=0.1, freeze_steps=5, grad_clip=10.0)
+    assert jax.tree.structure(clipped.init(q)) != jax.tree.structure(before.init(q))

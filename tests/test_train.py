@@ -209,3 +209,61 @@ def test_padded_q_trains_like_square_q_and_shards_when_k_does_not_divide(monkeyp
     assert l1 == pytest.approx(l0, rel=1e-5) and t1 == pytest.approx(t0, rel=1e-5)
     np.testing.assert_allclose(q1, q0, rtol=1e-4, atol=1e-6)
     assert not np.allclose(q1, noise.symmetric(K, 0.2), atol=1e-4)  # Q did learn
+
+
+_WINDOW_SCRIPT = """
+import sys
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from nlnoise import train
+
+jax.config.update("jax_num_cpu_devices", 8)
+mesh = Mesh(jax.devices(), ("d",))
+
+
+@jax.jit
+@partial(jax.shard_map, mesh=mesh, in_specs=(P("d"), P()), out_specs=(P(), P()))
+def step(x, w):
+    h = x[0]
+    for _ in range(4):
+        h = jnp.tanh(h @ w)
+    g = jax.lax.psum(h.sum(0), "d")  # an all-reduce, as a data-parallel train step has
+    return w + 1e-6 * g[None, :], g.sum()
+
+
+x = jax.device_put(jnp.ones((8, 192, 192)), NamedSharding(mesh, P("d")))
+w = jax.device_put(jnp.eye(192), NamedSharding(mesh, P()))
+window = train.DispatchWindow()
+for _ in range(300):
+    w, metric = step(x, w)
+    window.push(metric)
+    assert len(window) <= train.MAX_STEPS_IN_FLIGHT
+jax.block_until_ready(w)
+print("finished")
+"""
+
+
+def test_dispatch_window_prevents_the_cpu_all_reduce_deadlock(tmp_path):
+    """300 all-reduce steps on 8 CPU devices over 2+ cores. Dispatched without waiting, XLA:CPU
+    (jaxlib 0.10.2) deadlocks once the host is 32 launches ahead and ends the process after
+    the terminate timeout (seen 3 of 3 times here, 2026-11-25); the window keeps it at 3."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env["XLA_FLAGS"] = "--xla_cpu_collective_call_terminate_timeout_seconds=20"
+    script = tmp_path / "window.py"
+    script.write_text(_WINDOW_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "finished" in done.stdout, done.stderr[-2000:]
+
+
+def test_dispatch_window_rejects_a_zero_limit():
+    with pytest.raises(ValueError, match="limit=0"):
+        train.DispatchWindow(0)

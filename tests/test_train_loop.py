@@ -164,10 +164,10 @@ def test_summary_confusion_makes_an_adversarial_qstar(finished_run, tmp_path):
     np.testing.assert_allclose(adv["q_true"], noise.adversarial(conf, 0.4), atol=1e-12)
 
 
-def test_warm_compilation_cache_changes_nothing_and_cpu_is_not_split_by_default(tmp_path):
+def test_warm_compilation_cache_changes_nothing_and_cpu_is_split_by_default(tmp_path):
     """The second nlnoise-train run loads its compiled steps from the persistent cache the
-    first one filled, and must end bit-identical. With no device flags, jax's single CPU
-    device is used (mesh.cpu_devices=-1 is the default; the split is opt-in)."""
+    first one filled, and must end bit-identical. With no device flags, the CPU host is split
+    into 8 devices (mesh.cpu_devices=0, auto: 8 divides the batch 64 and eval batch 200)."""
     cache = tmp_path / "xla-cache"
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",
                                                             "JAX_COMPILATION_CACHE_DIR")}
@@ -185,6 +185,15 @@ def test_warm_compilation_cache_changes_nothing_and_cpu_is_not_split_by_default(
         if run == "cold":
             assert any(cache.iterdir()), "the first run filled the compilation cache"
     cold, warm = summaries
-    assert cold["num_devices"] == warm["num_devices"] == 1
+    assert cold["num_devices"] == warm["num_devices"] == (8 if (os.cpu_count() or 1) > 1 else 1)
     assert cold["params_sha256"] == warm["params_sha256"]
     assert cold["final"] == warm["final"]
+
+
+def test_true_model_without_flips_uses_the_identity_as_q_star(tmp_path):
+    """The level-0 point of a noise sweep: no flips were injected, so Q* is the identity."""
+    cfg = _cfg(**{"noise.level": 0.0, "noise.model": "true", "num_epochs": 1})
+    summary = train.train_and_evaluate(cfg, str(tmp_path / "run"))
+    np.testing.assert_array_equal(summary["q_true"], np.eye(10))
+    np.testing.assert_array_equal(summary["q"], np.eye(10))  # fixed Q never moves
+    assert summary["final"]["test_error"] < 0.5
