@@ -192,7 +192,8 @@ def test_warm_compilation_cache_changes_nothing_and_cpu_is_split_by_default(tmp_
 
 def test_true_model_without_flips_uses_the_identity_as_q_star(tmp_path):
     """The level-0 point of a noise sweep: no flips were injected, so Q* is the identity."""
-    cfg = _cfg(**{"noise.level": 0.0, "noise.model": "true", "num_epochs": 1})
+    cfg = _cfg(**{"noise.level": 0.0, "noise.model": "true", "num_epochs": 1,
+                  "noise.freeze_epochs": 0})
     summary = train.train_and_evaluate(cfg, str(tmp_path / "run"))
     np.testing.assert_array_equal(summary["q_true"], np.eye(10))
     np.testing.assert_array_equal(summary["q"], np.eye(10))  # fixed Q never moves
