@@ -15,10 +15,12 @@ To say where the rest goes, the library's own functions are wrapped from here (n
 ``nlnoise`` is changed): the first train-step call (start-up: data load, state init and
 compilation end there), ``_evaluate`` and ``CheckpointStore.save``.
 
-Each config runs twice in one process with one fresh ``compilation_cache_dir``: cold (nothing
-cached) and warm (compiled steps loaded from jax's persistent cache, as for a sweep's next cell
-or a resumed run); both must end with bit-identical parameters. The process starts with no
-device setting, so the runs use what ``nlnoise-train`` would.
+Each config runs in its own process (jax fixes its CPU device count at its first operation,
+and ``mesh.cpu_devices`` auto picks it from the config's batch sizes), twice, with one fresh
+``compilation_cache_dir``: cold (nothing cached) and warm (compiled steps loaded from jax's
+persistent cache, as for a sweep's next cell or a resumed run); both must end with
+bit-identical parameters. The process starts with no device setting, so the runs use what
+``nlnoise-train`` would.
 
     /work/venv/bin/python bench/end_to_end.py [--quick] [--configs CONFIG ...]
 """
@@ -27,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
+import subprocess
 import sys
 import tempfile
 import time
@@ -143,15 +147,31 @@ def measure(config: str, repeats: int, cache_dir: str) -> dict[str, Any]:
     return details
 
 
+CHILD_RESULT = "END_TO_END_RESULT "
+
+
+def measure_in_child(config: str, repeats: int, cache_dir: str) -> dict[str, Any]:
+    """:func:`measure` in a fresh Python process (its own device count); its details."""
+    cmd = [sys.executable, __file__, "--child", config, "--repeats", str(repeats),
+           "--cache_dir", cache_dir]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=bl.REPO,
+                          timeout=3 * 3600)
+    lines = proc.stdout.splitlines()
+    print("\n".join(x for x in lines if not x.startswith(CHILD_RESULT)), flush=True)
+    results = [x[len(CHILD_RESULT):] for x in lines if x.startswith(CHILD_RESULT)]
+    if proc.returncode or not results:
+        raise RuntimeError(f"the run of {config} exited with {proc.returncode}; see the log")
+    return json.loads(results[-1])
+
+
 def run(quick: bool = False, repeats: int = 5,
         configs: tuple[str, ...] = DEFAULT_CONFIGS) -> dict[str, Any]:
     """Measures item 5; returns ``{"rows": [...], "details": {...}}``."""
-    logging.getLogger("nlnoise").setLevel(logging.WARNING)
     rows, details = [], {}
     with tempfile.TemporaryDirectory() as cache_dir:
         for config in configs[:1] if quick else configs:
             try:
-                details[config] = measure(config, repeats, cache_dir)
+                details[config] = measure_in_child(config, repeats, cache_dir)
             except Exception as exc:  # keep the other config's figures
                 rows.append(bl.row(f"end-to-end `{config}`: failed ({type(exc).__name__}: "
                                    f"{exc})"[:200], None, ".2f", "<= 1.10", None,
@@ -187,7 +207,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
     parser.add_argument("--quick", action="store_true", help="only the first config")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        logging.getLogger("nlnoise").setLevel(logging.WARNING)
+        out = measure(args.child, args.repeats, args.cache_dir)
+        print(CHILD_RESULT + json.dumps(out, default=float), flush=True)
+        return
     out = run(args.quick, args.repeats, tuple(args.configs))
     print(bl.markdown_table(out["rows"]))
     print(bl.write_json("end_to_end", {"machine": bl.machine_info(), **out}))
