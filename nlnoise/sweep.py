@@ -159,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", default="runs/sweeps", help="directory of the sweeps' cells")
     p.add_argument("--base", default="", help="variant applied to every cell, e.g. epochs=3")
     p.add_argument("--only", action="append", default=[],
-                   help="run only cells containing this text, e.g. noise=0.5 (repeatable)")
+                   help="run only cells containing this text, e.g. noise=0.5 (repeatable: a cell "
+                   "must contain every one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every cell, e.g. progress_bar=False")
     p.add_argument("--list", action="store_true", help="list the named sweeps and exit")
