@@ -4,12 +4,21 @@ Q (``[K_noisy, K_true]``, column-stochastic) is learned as in the paper's sectio
 exactly the identity for ``freeze_steps`` updates, then takes SGD steps with decoupled weight
 decay, and after every step each column is projected back onto the probability simplex.
 
-Learning-rate and decay convention: nlnoise's losses are *means* over the batch. cuda-convnet
-(the paper's framework) updates ``inc = mom * inc + (epsW / numCases) * sum_n grad_n
-- wc * epsW * W``, i.e. ``epsW`` times the mean gradient plus ``epsW * wc`` times the weights,
-so its ``epsW`` is our learning rate and its ``wc`` our weight decay, unchanged. The paper's
-"weight decay 0.1 on Q" is therefore ``q_weight_decay=0.1`` with Q shrunk by
-``learning_rate * 0.1`` per step.
+Learning-rate and decay convention: nlnoise's losses are *means* over the batch, and
+``q_optimizer``'s ``weight_decay`` is the coefficient against that mean gradient: after the
+freeze each step is ``Q <- proj(Q - lr * (grad_mean + weight_decay * Q))``, so Q shrinks by
+``lr * weight_decay`` per step. For the network's layers this is cuda-convnet's convention
+unchanged: it updates ``inc = mom * inc + (epsW / numCases) * sum_n grad_n - wc * epsW * W``,
+so ``epsW`` is our learning rate and ``wc`` our weight decay.
+
+The paper's "weight decay 0.1 on Q" cannot be that mean-loss coefficient. Where the decay
+leaves Q depends on ``weight_decay / prior_i`` (each column's data term scales with its class
+prior, ``decay_fixed_point``): at 0.1 a perfect network would hold a 10-class Q at a trace of
+4.2 for ``tr(Q*) = 5``, and a 1000-class Q nearly uniform (diagonal 0.07 for 0.5), yet the
+paper's ImageNet learned Q worked and its SVHN Q was "negligibly" different from Q*. Both fit
+a decay against the gradient *summed* over its batch of 128, i.e. ``0.1 / 128 = 7.8e-4``
+here (diagonal 0.43 at K=1000, trace 4.99 at K=10). nlnoise keeps the mean-loss coefficient
+and its recipes say which value they use and why (docs/results.md, "The decay on Q").
 """
 
 from __future__ import annotations
@@ -19,8 +28,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax import projections
+
+from nlnoise.noise import validate_transition
 
 ScalarOrSchedule = float | optax.Schedule
 
@@ -169,6 +181,75 @@ def add_q_regularizer(strength: float, kind: str = "weight_decay"
         return jax.tree.map(add, updates, params), state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def decay_fixed_point(
+    q_star: np.ndarray,
+    strength: float,
+    *,
+    class_prior: np.ndarray | None = None,
+    regularizer: str = "weight_decay",
+) -> np.ndarray:
+    """Where the regularizer leaves learned Q when the network is perfect (``C = I``).
+
+    With ``p(true | x)`` one-hot and labels drawn from ``Q*`` (``[K_noisy, K_true]``), the
+    expected mean loss plus regularizer separates by column: column ``i`` of the learned Q
+    minimises ``-prior_i * sum_j Q*[j, i] log q_j + strength * R(q)`` on the simplex, with
+    ``R(q) = ||q||^2 / 2`` (``"weight_decay"``) or ``q_i`` (``"trace"``). ``strength`` is in
+    the mean-loss convention of :func:`q_optimizer`. The answer is ``Q*`` at strength 0 and
+    more diffuse above it: the bias the decay leaves even once the network is clean, which
+    grows with ``strength / prior_i`` (so with K). Solved exactly per column by bisection on
+    the Lagrange multiplier of ``sum q = 1``; float64.
+    """
+    q_star = validate_transition(q_star, name="q_star")
+    k_noisy, k_true = q_star.shape
+    if strength < 0:
+        raise ValueError(f"strength: must be >= 0, got {strength}.")
+    if regularizer not in ("weight_decay", "trace"):
+        raise ValueError(f"regularizer: must be 'weight_decay' or 'trace', got {regularizer!r}.")
+    prior = (np.full(k_true, 1.0 / k_true) if class_prior is None
+             else np.asarray(class_prior, np.float64))
+    if prior.shape != (k_true,) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
+        raise ValueError(f"class_prior: must be {k_true} non-negative numbers summing to 1.")
+    if strength == 0:
+        return q_star.copy()
+    out = np.zeros_like(q_star)
+    for i in range(k_true):
+        a = prior[i] * q_star[:, i]  # the data term's weight on log q_j
+
+        if regularizer == "weight_decay":
+            # Stationarity -a_j / q_j + s q_j = nu  =>  q_j = (nu + sqrt(nu^2 + 4 s a_j)) / 2s.
+            def col(nu, a=a):
+                return (nu + np.sqrt(nu * nu + 4 * strength * a)) / (2 * strength)
+            lo, hi = -1.0, strength
+            while col(lo).sum() > 1:
+                lo *= 2
+        else:
+            off = a.copy()
+            if i < k_noisy:
+                off[i] = 0.0
+            if not off.any():  # nothing flips out of class i: the trace cannot move it
+                out[:, i] = q_star[:, i]
+                continue
+
+            # -a_j / q_j + s [j == i] = nu (nu < 0)  =>  q_j = a_j / (s [j == i] - nu).
+            def col(nu, a=a, i=i):
+                d = -nu * np.ones_like(a)
+                if i < k_noisy:
+                    d[i] += strength
+                return a / d
+            lo, hi = -1.0, 0.0
+            while col(lo).sum() > 1:
+                lo *= 2
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if col(mid).sum() > 1:
+                hi = mid
+            else:
+                lo = mid
+        q = col(0.5 * (lo + hi))
+        out[:, i] = q / q.sum()
+    return out
 
 
 def q_optimizer(
