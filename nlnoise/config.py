@@ -14,16 +14,24 @@ Keys (users and scripts rely on these names):
 * ``noise.model``: ``none`` | ``learned`` | ``true`` | ``outlier``; ``noise.kind`` (a
   :func:`nlnoise.noise.make` family), ``noise.level``, ``noise.seed``, ``noise.m``,
   ``noise.confusion_path``, ``noise.q_path`` (``kind=custom``); ``noise.alpha`` (None: from
-  the outlier counts) and ``noise.alpha_scale``; ``noise.freeze_epochs``, ``noise.q_weight_decay``,
-  ``noise.q_learning_rate`` (None: ``learning_rate``), ``noise.q_momentum``,
+  the outlier counts) and ``noise.alpha_scale``; ``noise.freeze_epochs``;
+  ``noise.q_weight_decay`` (the decay on Q against the *mean* loss's gradient, so Q shrinks by
+  ``q_learning_rate * q_weight_decay`` per step; the paper's 0.1 was against the gradient
+  summed over its batch of 128, i.e. 7.8e-4 here: see :mod:`nlnoise.optim`. The default 0.1
+  pushes Q off the identity within a short CPU schedule and ``lower_on_plateau`` takes its
+  bias back once ``tr(Q)`` settles), ``noise.q_learning_rate`` (None: ``learning_rate``),
+  ``noise.q_momentum``,
   ``noise.q_grad_clip`` (clip Q's gradient to this global norm, default 10; 0: off),
   ``noise.q_regularizer``; ``noise.q_init``: ``identity`` (the paper: Q leaves the identity by
   decay) or ``confusion`` (at the end of the freeze Q is set to ``P(noisy | prediction)``
   measured over the last ``noise.q_stats_epochs`` epochs of training batches);
-  ``noise.q_decay_rule``: ``constant`` or ``lower_on_rise`` (at each evaluation after the
+  ``noise.q_decay_rule``: ``constant``, ``lower_on_rise`` (at each evaluation after the
   freeze, if the noisy training loss rose above its best since the freeze by more than
   ``noise.q_decay_tolerance`` (relative), the decay on Q is multiplied by
-  ``noise.q_decay_factor``: the paper's manual practice, automated; it needs no clean labels).
+  ``noise.q_decay_factor``: the paper's manual practice, automated; it needs no clean labels)
+  or ``lower_on_plateau`` (the same, and also when ``tr(Q)`` moved by less than
+  ``noise.q_plateau_tolerance`` of itself per epoch over the last evaluation window: the decay
+  has then done its work, and more of it only biases Q; it uses Q alone).
 * ``dataset.*``: see :mod:`nlnoise.data`.
 * ``mesh.data`` (-1: all remaining devices), ``mesh.model``; ``mesh.cpu_devices``: on a
   CPU host, split it into this many XLA devices (0, the default: auto, up to 8, the largest
@@ -47,6 +55,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 NOISE_MODELS = ("none", "learned", "true", "outlier")
+Q_DECAY_RULES = ("constant", "lower_on_rise", "lower_on_plateau")
 
 
 class ConfigError(ValueError):
@@ -55,7 +64,8 @@ class ConfigError(ValueError):
 
 # Keys added after runs were already being made, with the value an older run behaved as. A
 # run whose config.json lacks one is compared (on resume) as if it had set this value.
-LEGACY_VALUES = {"noise.q_grad_clip": 0.0, "mesh.cpu_devices": -1}
+LEGACY_VALUES = {"noise.q_grad_clip": 0.0, "mesh.cpu_devices": -1,
+                 "noise.q_plateau_tolerance": 0.01}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -95,9 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.noise.q_grad_clip = 10.0
     c.noise.q_regularizer = "weight_decay"
     c.noise.q_init = "identity"
-    c.noise.q_decay_rule = "lower_on_rise"
+    c.noise.q_decay_rule = "lower_on_plateau"
     c.noise.q_decay_factor = 0.1
     c.noise.q_decay_tolerance = 0.0
+    c.noise.q_plateau_tolerance = 0.01
     c.noise.q_stats_epochs = 1.0
 
     c.dataset = default_dataset_config()
@@ -273,9 +284,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         raise _err("noise.q_init", f"must be 'identity' (the paper) or 'confusion', got "
                    f"{n.q_init!r}.")
     _number(cfg, "noise.q_stats_epochs", lo=0, lo_open=True)
-    if n.q_decay_rule not in ("constant", "lower_on_rise"):
-        raise _err("noise.q_decay_rule", f"must be 'constant' (the paper's fixed decay) or "
-                   f"'lower_on_rise', got {n.q_decay_rule!r}.")
+    if n.q_decay_rule not in Q_DECAY_RULES:
+        raise _err("noise.q_decay_rule", f"must be one of {Q_DECAY_RULES} ('constant' is the "
+                   f"paper's fixed decay), got {n.q_decay_rule!r}.")
+    _number(cfg, "noise.q_plateau_tolerance", lo=0)
     _number(cfg, "noise.q_decay_factor", lo=0, hi=1)
     _number(cfg, "noise.q_decay_tolerance", lo=0)
     if n.model == "learned" and n.q_init == "confusion" and n.freeze_epochs <= 0:

@@ -477,6 +477,21 @@ def next_decay_scale(losses_since_unfreeze: list[float], scale: float, *, factor
     return scale * factor if newest > min(earlier) * (1 + tolerance) else scale
 
 
+def trace_plateaued(traces: list[float], epochs: list[float], tolerance: float) -> bool:
+    """Whether ``tr(Q)`` has settled: over the newest evaluation window it moved by less than
+    ``tolerance`` of its value per epoch (either way).
+
+    Under a constant decay ``tr(Q)`` falls from ``K`` until the decay's pull balances the data
+    term's; from then on the decay no longer moves Q toward ``Q*`` but only biases it further
+    (``nlnoise.optim.decay_fixed_point``), so the ``lower_on_plateau`` rule lowers the decay
+    there. Uses Q alone: no labels, clean or noisy.
+    """
+    if len(traces) < 2 or epochs[-1] <= epochs[-2]:
+        return False
+    change = abs(traces[-1] - traces[-2]) / max(abs(traces[-2]), 1e-12)
+    return change / (epochs[-1] - epochs[-2]) < tolerance
+
+
 def _zero_acc():
     return {"loss": jnp.zeros((), jnp.float32), "noisy_error": jnp.zeros((), jnp.float32),
             "count": jnp.zeros((), jnp.int32)}
@@ -593,7 +608,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     train_fn, eval_fn = _jitted_loop_fns(mesh, state_sh, acc_sh)
     set_decay_scale = jax.jit(lambda opt, s: optax.tree.set(opt, q_decay_scale=s),
                               out_shardings=state_sh.opt_state, donate_argnums=(0,))
-    use_rule = cfg.noise.model == "learned" and cfg.noise.q_decay_rule == "lower_on_rise"
+    use_rule = cfg.noise.model == "learned" and cfg.noise.q_decay_rule != "constant"
     # Made by jit, not device_put: device_put of host scalars onto a multi-process mesh gives
     # arrays that orbax cannot save (jax 0.10.2).
     zero_acc = jax.jit(_zero_acc, out_shardings=acc_sh)
@@ -659,15 +674,21 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                 if use_rule and step > spec.freeze_steps:
                     scale = float(jax.device_get(optax.tree.get(state.opt_state,
                                                                 "q_decay_scale")))
-                    since = [r["train_loss"] for r in records
-                             if r["step"] - eval_every >= spec.freeze_steps]
-                    new = next_decay_scale([*since, record["train_loss"]], scale,
+                    since = [r for r in records if r["step"] - eval_every >= spec.freeze_steps]
+                    new = next_decay_scale([*(r["train_loss"] for r in since),
+                                            record["train_loss"]], scale,
                                            factor=cfg.noise.q_decay_factor,
                                            tolerance=cfg.noise.q_decay_tolerance)
+                    if (new == scale and cfg.noise.q_decay_rule == "lower_on_plateau"
+                            and trace_plateaued([*(r["q_trace"] for r in since),
+                                                 record["q_trace"]],
+                                                [*(r["epoch"] for r in since), record["epoch"]],
+                                                cfg.noise.q_plateau_tolerance)):
+                        new = scale * cfg.noise.q_decay_factor
                     if new != scale:
                         state = state.replace(opt_state=set_decay_scale(state.opt_state, new))
-                        log.info("noisy train loss rose at step %d: decay on Q now x%g.",
-                                 step, new)
+                        log.info("noisy train loss rose or tr(Q) settled at step %d: decay on "
+                                 "Q now x%g.", step, new)
                     record["q_decay_scale"] = new
                 records.append(record)
                 run_dir.metrics.append(record)

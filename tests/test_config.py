@@ -74,6 +74,8 @@ BAD = [
     ("noise.freeze_epochs", 500, "noise.freeze_epochs"),
     ("noise.q_weight_decay", -1.0, "noise.q_weight_decay"),
     ("noise.q_learning_rate", 0.0, "noise.q_learning_rate"),
+    ("noise.q_decay_rule", "cosine", "noise.q_decay_rule"),
+    ("noise.q_plateau_tolerance", -0.1, "noise.q_plateau_tolerance"),
     ("batch_size", 0, "batch_size"),
     ("batch_size", 100, "batch_size"),  # not divisible by 8 devices
     ("learning_rate", 0.0, "learning_rate"),

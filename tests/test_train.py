@@ -147,6 +147,16 @@ def test_lower_on_rise_rule():
     assert train.next_decay_scale([1.8, 1.81], 1.0, factor=0.1, tolerance=0.01) == 1.0
 
 
+def test_trace_plateau_rule():
+    plateaued = train.trace_plateaued
+    assert not plateaued([9.0], [4.0], 0.01)  # one evaluation: nothing to compare with
+    assert not plateaued([10.0, 8.0], [3.0, 4.0], 0.01)  # still falling fast
+    assert plateaued([4.05, 4.02], [10.0, 11.0], 0.01)  # 0.7% per epoch
+    assert not plateaued([4.05, 4.02], [10.0, 10.5], 0.01)  # the same move in half an epoch
+    assert not plateaued([4.0, 4.5], [10.0, 11.0], 0.01)  # rising again: not settled either
+    assert plateaued([4.0, 4.0], [10.0, 11.0], 0.0) is False  # tolerance 0 never fires
+
+
 def test_decay_scale_lives_in_the_optimizer_state_and_can_be_lowered():
     state = _state("learned")
     assert float(optax.tree.get(state.opt_state, "q_decay_scale")) == 1.0

@@ -198,3 +198,14 @@ def test_true_model_without_flips_uses_the_identity_as_q_star(tmp_path):
     np.testing.assert_array_equal(summary["q_true"], np.eye(10))
     np.testing.assert_array_equal(summary["q"], np.eye(10))  # fixed Q never moves
     assert summary["final"]["test_error"] < 0.5
+
+
+def test_plateau_rule_lowers_the_decay_once_the_trace_settles(tmp_path):
+    # Every evaluation after the freeze is a plateau at tolerance 10 (1000% per epoch), so the
+    # decay falls by the factor at each one; its scale is logged and kept in the checkpoint.
+    cfg = _cfg("runlocal,epochs=4,freeze=1", **{"noise.q_decay_rule": "lower_on_plateau",
+                                                "noise.q_plateau_tolerance": 10.0,
+                                                "noise.q_decay_factor": 0.5})
+    train.train_and_evaluate(cfg, str(tmp_path / "run"))
+    scales = [r.get("q_decay_scale") for r in _metrics(str(tmp_path / "run"))]
+    assert scales == [None, 1.0, 0.5, 0.25]
