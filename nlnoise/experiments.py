@@ -164,6 +164,22 @@ def run_grid(
     return records
 
 
+def curves(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every evaluation of every cell: the rows of each cell's ``metrics.jsonl`` with its
+    ``cell`` and ``variant``, for plotting a sweep against epochs (e.g. ``q_trace`` against
+    ``q_star_trace``). Cells that failed or have no metrics yet contribute nothing."""
+    from nlnoise import workdir as workdir_lib
+
+    out = []
+    for rec in records:
+        if "error" in rec or not rec.get("workdir"):
+            continue
+        path = os.path.join(rec["workdir"], "metrics.jsonl")
+        for row in workdir_lib.MetricsLog(path).read():
+            out.append({"cell": rec["cell"], "variant": rec["variant"], **row})
+    return out
+
+
 def to_dataframe(records: Iterable[dict[str, Any]]):
     """The records as a pandas DataFrame (pandas is optional: ``pip install nlnoise[notebook]``)."""
     try:

@@ -62,6 +62,16 @@ def test_real_grid_trains_each_cell_in_its_own_workdir(sweep):
     assert list(df["model"]) == ["none", "learned"]
 
 
+def test_curves_are_each_cells_evaluations_in_order(sweep):
+    _, _, table = sweep
+    rows = experiments.curves([*table, {"cell": "bad", "variant": "x", "error": "E"}])
+    assert [r["cell"] for r in rows] == [table[0]["cell"]] * 2 + [table[1]["cell"]] * 2
+    learned = [r for r in rows if r["cell"] == table[1]["cell"]]
+    assert [r["epoch"] for r in learned] == pytest.approx([1.0, 2.0])
+    assert learned[-1]["test_error"] == pytest.approx(table[1]["test_error"])
+    assert learned[-1]["q_star_trace"] == pytest.approx(table[1]["q_star_trace"])
+
+
 def test_rerun_skips_finished_cells_and_runs_only_new_ones(sweep):
     root, grid, first = sweep
     calls = []
