@@ -7,7 +7,7 @@ compared with the default flags (median of per-repetition ratios). A variant who
 rejects is reported as failed. Flags change how XLA compiles, not the model's definition;
 ``fast-math`` variants may change numerics and are listed for information only.
 
-    /work/venv/bin/python bench/xla_flag_variants.py [--repeats 5]
+    .venv/bin/python bench/xla_flag_variants.py [--repeats 5]
 """
 
 from __future__ import annotations
@@ -34,14 +34,30 @@ VARIANTS = {
     "2 simulated devices, data-parallel": "--xla_force_host_platform_device_count=2",
     "4 simulated devices, data-parallel": "--xla_force_host_platform_device_count=4",
     "8 simulated devices, data-parallel": "--xla_force_host_platform_device_count=8",
+    # nlnoise-train's default on a CPU host is the 8-device split: flags on top of it.
+    "16 simulated devices, data-parallel": "--xla_force_host_platform_device_count=16",
+    "8 devices, single-threaded Eigen":
+        "--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false",
+    "8 devices, concurrency-optimized scheduler":
+        "--xla_force_host_platform_device_count=8 "
+        "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+    "8 devices, oneDNN": "--xla_force_host_platform_device_count=8 --xla_cpu_use_onednn=true",
+    "8 devices, no YNNPACK convolutions":
+        "--xla_force_host_platform_device_count=8 "
+        "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
 }
+_DEVICES = "--xla_force_host_platform_device_count="
 
 
 def _env(flags: str) -> dict[str, str]:
     """Worker environment: one device unless the variant sets the device count itself."""
-    if "device_count=" in flags:
-        return bl.device_env(int(flags.rsplit("=", 1)[1]))
-    return bl.device_env(1, flags)
+    devices, rest = 1, []
+    for flag in flags.split():
+        if flag.startswith(_DEVICES):
+            devices = int(flag[len(_DEVICES):])
+        else:
+            rest.append(flag)
+    return bl.device_env(devices, " ".join(rest))
 
 
 def worker() -> None:
