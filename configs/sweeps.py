@@ -95,6 +95,28 @@ def get_sweeps() -> dict[str, dict]:
             "doc": "The learned-Q recipe on adversarial 40% and paper-random 50% flips: Q's "
                    "gradient clipped to norm 10; confusion start with decay 0.01.",
         },
+        "fashion_decay": {
+            # The decay on Q (docs/results.md, "The decay on Q"): 30k images, 12 epochs (Q frozen
+            # for 3), the decay rule of the time (lower_on_rise) unless the cell says otherwise.
+            "config": FASHION, "dir": "fashion_decay", "base": "epochs=12,freeze=3," + RULE,
+            "x": "noise_level",
+            "grid": [
+                ("model=none", "model='none'"),
+                ("model=true", "model='true'"),
+                ("model=learned,q_wd=0.1", "model='learned'"),
+                ("model=learned,q_wd=0.01", "model='learned',q_wd=0.01"),
+                # The paper's 0.1 against the batch-summed gradient: 0.1 / 128.
+                ("model=learned,q_wd=0.00078125", "model='learned',q_wd=0.00078125"),
+                # ... and its learning rate for Q too (epsW=0.001 on the summed gradient).
+                ("model=learned,q_wd=0.00078125,q_lr=0.128",
+                 "model='learned',q_wd=0.00078125,noise.q_learning_rate=0.128"),
+                ("model=learned,q_wd=0.1,rule=plateau,epochs=20",
+                 "model='learned',epochs=20,noise.q_decay_rule='lower_on_plateau'"),
+                ("size=60000,model=learned,q_wd=0.1", "size=60000,model='learned'"),
+            ],
+            "doc": "The decay on Q at 50% flips: its strength (mean-loss 0.1 / 0.01 / the "
+                   "paper's 0.1/128), Q's learning rate, and the lower_on_plateau rule.",
+        },
         "fashion_long": {
             "config": FASHION, "dir": "fashion_long", "base": FASHION_LONG_BASE,
             "x": "noise_level",
