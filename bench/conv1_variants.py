@@ -11,7 +11,7 @@ against ``lax.conv_general_dilated`` and its VJP):
   builds the W-shifted patches once in ``[H, B, W, kw*C]`` layout so each kernel row is a
   contiguous slice (contracting over the leading axis).
 
-    /work/venv/bin/python bench/conv1_variants.py [--repeats 7]
+    .venv/bin/python bench/conv1_variants.py [--repeats 7]
 """
 
 from __future__ import annotations

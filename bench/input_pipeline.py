@@ -13,7 +13,7 @@ For each dataset (local sources) it measures, at global batch size ``--batch-siz
 ``bench/results/input_pipeline.json``. ``bench/run_all.py`` uses :func:`headroom_rows`
 instead: the pipeline and nlnoise's real train step timed in alternation.
 
-    /work/venv/bin/python bench/input_pipeline.py [--datasets fashion_mnist cifar10]
+    .venv/bin/python bench/input_pipeline.py [--datasets fashion_mnist cifar10]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ loss, Q's gradient, its weight decay and the per-column simplex projection, ever
 * ``alexnet``, K = 1000, 227x227x3, batch ``--alexnet-batch`` (16: AlexNet at batch 128 takes
   seconds per step on 2 cores): target <= 1.05.
 
-    /work/venv/bin/python bench/noise_overhead.py [--quick] [--alexnet-batch 16]
+    .venv/bin/python bench/noise_overhead.py [--quick] [--alexnet-batch 16]
 """
 
 from __future__ import annotations

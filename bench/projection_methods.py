@@ -7,7 +7,7 @@ warm-up), with the largest difference between the two. ``--big`` also times the 
 alone at K = 10000 and 21841 (the sort takes ~25 s and ~4 min there; see ``scaling_k.py``).
 Picks ``nlnoise.optim.NEWTON_MIN_K``.
 
-    /work/venv/bin/python bench/projection_methods.py [--ks 10 32 64 100 1000] [--big]
+    .venv/bin/python bench/projection_methods.py [--ks 10 32 64 100 1000] [--big]
 """
 
 from __future__ import annotations

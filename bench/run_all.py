@@ -12,7 +12,7 @@ Items (one module each, each runnable alone):
 Every comparison is timed in alternation in one run (``benchlib.alternate``), median of
 ``--repeats`` (>= 5) after a warm-up. About 15-20 minutes on this 2-core machine.
 
-    /work/venv/bin/python bench/run_all.py [--only step_vs_torch noise_overhead ...] [--quick]
+    .venv/bin/python bench/run_all.py [--only step_vs_torch noise_overhead ...] [--quick]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as bl
 
-COMMAND = "/work/venv/bin/python bench/run_all.py"
+COMMAND = ".venv/bin/python bench/run_all.py"
 RESULT = "RUN_ALL_RESULT "
 GROUPS = ("step_vs_torch", "noise_overhead", "input_pipeline", "end_to_end", "scaling_k",
           "scaling_devices")

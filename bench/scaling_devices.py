@@ -12,7 +12,7 @@ program's intra-op threads, so images/s rose with N; see docs/performance.md.)
 Each worker also reports per-device bytes of the batch (the global batch is sharded, so they
 fall as 1/N) and the compiled step's per-device temporary memory.
 
-    /work/venv/bin/python bench/scaling_devices.py [--quick]
+    .venv/bin/python bench/scaling_devices.py [--quick]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Then, in a subprocess with 8 simulated devices, Q sharded by ``nlnoise.sharding`
 compiled Q update's per-device memory (K = 10000 and 21841; Q stored with its columns padded to
 ``sharding.q_storage_columns(K)``, so that every N divides them).
 
-    /work/venv/bin/python bench/scaling_k.py [--quick: no timing of the sort projection alone]
+    .venv/bin/python bench/scaling_k.py [--quick: no timing of the sort projection alone]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ device (``mesh.cpu_devices=-1``), with YNNPACK off (``bench/xla_flag_variants.py
 Then one profile of the step (``jax.profiler`` trace, per XLA thunk) is attributed to layers
 through the compiled HLO's stack frames, to say where the time goes.
 
-    /work/venv/bin/python bench/step_vs_torch.py [--quick]
+    .venv/bin/python bench/step_vs_torch.py [--quick]
 """
 
 from __future__ import annotations
