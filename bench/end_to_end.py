@@ -5,9 +5,10 @@ whole call: ``configs/fashion_mnist.py:runlocal`` (layers18pct, learned Q, 2000 
 images, batch 100, 3 epochs, evaluation on 2000 test images and a checkpoint every epoch), the
 main job ``configs/fashion_mnist.py`` (30000 training images, batch 128, 5 epochs = 1170
 steps, evaluation on the 10000 test images and a checkpoint after every epoch) and 3 epochs of
-the sweeps' 60000 training images (1404 steps); metrics, TensorBoard and plots as configured. In the same process the run's train step
-(``benchlib.nlnoise_step`` with the same model, batch and image shape) is then timed, median
-of ``--repeats``. ``efficiency = wall / (steps x median step)``.
+the sweeps' 60000 training images (1404 steps); metrics, TensorBoard and plots as configured.
+In the same process the run's train step (``benchlib.nlnoise_step`` with the same model, batch
+and image shape) is then timed, median of ``--repeats``.
+``efficiency = wall / (steps x median step)``.
 
 To say where the rest goes, the library's own functions are wrapped from here (nothing in
 ``nlnoise`` is changed): the first train-step call (start-up: data load, state init and

@@ -103,6 +103,36 @@ def error_vs_noise(table: Sequence[dict], path: str, x: str = "noise_level",
     return _save(fig, path)
 
 
+def sweep_curves(rows: Sequence[dict], path: str, title: str = "") -> str:
+    """Clean test error and ``tr(Q)`` against epoch, one line per cell of a sweep.
+
+    ``rows`` are evaluations with ``cell`` (or ``variant``), ``epoch``, ``test_error`` and,
+    for models with a Q, ``q_trace`` (``nlnoise.experiments.curves``); ``tr(Q*)`` is drawn
+    dashed, once per distinct value. Cells without Q get only the error curve.
+    """
+    cells = list(dict.fromkeys(r.get("variant", r.get("cell")) for r in rows))
+    fig, (err_ax, tr_ax) = plt.subplots(1, 2, figsize=(12, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, cell in enumerate(cells):
+        mine = [r for r in rows if r.get("variant", r.get("cell")) == cell]
+        epochs = [r["epoch"] for r in mine]
+        style = {"color": colors[n % len(colors)], "ls": "-" if n < len(colors) else "--"}
+        err_ax.plot(epochs, [100 * r["test_error"] for r in mine], ".", label=cell, **style)
+        if any(r.get("q_trace") is not None for r in mine):
+            tr_ax.plot(epochs, [r.get("q_trace", np.nan) for r in mine], ".", **style)
+    for value in sorted({r["q_star_trace"] for r in rows if r.get("q_star_trace") is not None}):
+        tr_ax.axhline(value, color="k", ls="--", lw=1)
+    err_ax.set(xlabel="epoch", ylabel="clean test error (%)")
+    tr_ax.set(xlabel="epoch", ylabel="tr(Q)  (dashed: tr(Q*))")
+    handles, labels = err_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7,
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * ((len(cells) + 1) // 2)))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def q_heatmaps_from_run(run_dir: str, path: str, title: str = "") -> str:
     """Redraws a finished run's learned Q beside Q* from its ``summary.json``."""
     import json

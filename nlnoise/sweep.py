@@ -9,7 +9,8 @@
 
 Every cell trains in its own workdir; finished cells are read back and interrupted ones resume,
 so the same command continues a sweep after a stop. The table goes to ``<dir>/<grid>.json`` and
-``<dir>/<grid>.md``, the plot of clean test error to ``<dir>/<grid>.png``.
+``<dir>/<grid>.md``, the plot of clean test error to ``<dir>/<grid>.png`` and the curves of
+every cell (error and ``tr(Q)`` against epoch) to ``<dir>/<grid>_curves.png``.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ COLUMNS = ("variant", "noise_kind", "noise_level", "train_size", "outlier_ratio"
 
 
 def report(name: str, directory: str, table: Sequence[dict[str, Any]], x: str) -> list[str]:
-    """Writes ``<dir>/<name>.{json,md,png}``; returns the paths."""
+    """Writes ``<dir>/<name>.{json,md,png}`` and ``<dir>/<name>_curves.png`` (error and
+    ``tr(Q)`` against epoch, per cell); returns the paths."""
     from nlnoise import plots
 
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in table)]
@@ -146,6 +148,10 @@ def report(name: str, directory: str, table: Sequence[dict[str, Any]], x: str) -
         plots.error_vs_noise(table, paths[2], x=x, title=name)
     else:
         paths.pop()
+    rows = experiments.curves(table)
+    if rows:
+        paths.append(plots.sweep_curves(rows, os.path.join(directory, f"{name}_curves.png"),
+                                        title=name))
     return paths
 
 

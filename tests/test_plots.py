@@ -25,6 +25,9 @@ def test_all_plots(tmp_path):
     table = [{"model": m, "noise_level": lv, "test_error": 0.1 + lv / (2 if m == "learned" else 1)}
              for m in ("none", "learned") for lv in (0.3, 0.5, 0.7)]
     assert _is_png(plots.error_vs_noise(table, str(tmp_path / "e.png")))
+    rows = [{**r, "cell": c, "variant": c} for c in ("a", "b") for r in records]
+    rows += [{"cell": "none", "variant": "none", "epoch": e, "test_error": 0.3} for e in range(3)]
+    assert _is_png(plots.sweep_curves(rows, str(tmp_path / "s.png"), title="t"))
     assert not list(tmp_path.glob("**/*.tmp.png"))
 
 

@@ -81,6 +81,8 @@ def test_real_adhoc_sweep_from_the_command_line(tmp_path):
     md = (root / "sw.md").read_text()
     assert "clean test error (%)" in md and f"{100 * table[1]['test_error']:.2f}" in md
     assert (root / "sw.png").stat().st_size > 1000
+    assert str(root / "sw_curves.png") in out.stdout
+    assert (root / "sw_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Again: nothing is retrained, the table is the same.
     again = subprocess.run([*cmd, "--report"], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=300)
