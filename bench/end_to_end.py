@@ -71,7 +71,7 @@ def timed_run(cfg) -> dict[str, Any]:
     t_start = time.perf_counter()
 
     def jitted_loop_fns(*a, **k):
-        train_fn, eval_fn = orig_fns(*a, **k)
+        train_fn, eval_fns = orig_fns(*a, **k)
 
         def first_call_blocks(*args):
             out = train_fn(*args)
@@ -80,7 +80,7 @@ def timed_run(cfg) -> dict[str, Any]:
                 marks["startup_s"] = time.perf_counter() - t_start
             return out
 
-        return first_call_blocks, eval_fn
+        return first_call_blocks, eval_fns
 
     def load_dataset(*a, **k):
         ds = orig_load(*a, **k)

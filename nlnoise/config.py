@@ -65,7 +65,7 @@ class ConfigError(ValueError):
 # Keys added after runs were already being made, with the value an older run behaved as. A
 # run whose config.json lacks one is compared (on resume) as if it had set this value.
 LEGACY_VALUES = {"noise.q_grad_clip": 0.0, "mesh.cpu_devices": -1,
-                 "noise.q_plateau_tolerance": 0.01}
+                 "noise.q_plateau_tolerance": 0.01, "dataset.val_size": 0}
 
 
 def base_config() -> ml_collections.ConfigDict:

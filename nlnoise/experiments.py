@@ -88,6 +88,10 @@ def _record(name: str, variant: str, cfg, summary: dict[str, Any], workdir: str
         "realized_flip_rate": summary.get("realized_flip_rate"),
         "workdir": workdir,
         **{k: v for k, v in final.items() if not isinstance(v, dict | list)},
+        # The evaluation a held-out noisy split selects (dataset.val_size), if there is one.
+        **{f"best_{k}": v for k, v in (summary.get("best") or {}).items()
+           if k in ("epoch", "test_error", "q_rel_l1", "q_trace", "val_noisy_loss",
+                    "outlier_ap")},
     }
 
 
@@ -122,7 +126,9 @@ def run_grid(
 
     Returns:
       Records with the cell's variant, model, noise kind/level, train size, wall time and its
-      final metrics (``test_error``, ``q_rel_l1``, ``q_trace``, ``outlier_ap``, ...).
+      final metrics (``test_error``, ``q_rel_l1``, ``q_trace``, ``outlier_ap``, ...); with a
+      held-out noisy split (``dataset.val_size``) also ``best_epoch``, ``best_test_error``,
+      ``best_q_rel_l1``, ... of the evaluation with the lowest ``val_noisy_loss``.
     """
     if train_fn is None:
         from nlnoise import train

@@ -104,7 +104,7 @@ def markdown(table: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     def fmt(key: str, v: Any) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return ""
-        if key in ("test_error", "noisy_train_error", "realized_flip_rate"):
+        if key in ("test_error", "best_test_error", "noisy_train_error", "realized_flip_rate"):
             return f"{100 * v:.2f}"
         if key == "wall_time_s":
             return f"{v / 60:.1f}"
@@ -113,6 +113,7 @@ def markdown(table: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
         return str(v)
 
     names = {"test_error": "clean test error (%)", "noisy_train_error": "noisy train error (%)",
+             "best_test_error": "clean test error at best_epoch (%)",
              "realized_flip_rate": "realized flips (%)", "wall_time_s": "wall (min)"}
     head = [names.get(c, c) for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -122,6 +123,7 @@ def markdown(table: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 COLUMNS = ("variant", "noise_kind", "noise_level", "train_size", "outlier_ratio", "model", "alpha",
            "test_error", "q_rel_l1", "q_trace", "q_star_trace", "outlier_ap",
+           "best_epoch", "best_test_error", "best_q_rel_l1",
            "realized_flip_rate", "epochs", "wall_time_s", "error")
 
 
@@ -135,13 +137,19 @@ def report(name: str, directory: str, table: Sequence[dict[str, Any]], x: str) -
     with open(paths[0], "w") as f:
         json.dump(list(table), f, indent=1, default=str)
     text = markdown(table, cols)
-    closure = experiments.gap_closure(table, by=x) if x in ("noise_level", "train_size") else []
-    if closure:
+    for metric, when in (("test_error", "after the last epoch"),
+                         ("best_test_error", "at the epoch the held-out noisy loss selects")):
+        if x not in ("noise_level", "train_size") or not all(r.get(metric) is not None
+                                                             for r in table):
+            continue
+        closure = experiments.gap_closure(table, by=x, metric=metric)
+        if not closure:
+            continue
         pct = [{**r, **{f"{k} (%)": 100 * r[k] for k in ("none", "learned", "true", "gap")}}
                for r in closure]
-        text += "\nClean test error and the share of the none-to-true gap that learned Q " \
-                "closes:\n\n" + markdown(pct, [x, "none (%)", "learned (%)", "true (%)",
-                                                "gap (%)", "closure"])
+        text += (f"\nClean test error {when} and the share of the none-to-true gap that "
+                 "learned Q closes:\n\n" + markdown(pct, [x, "none (%)", "learned (%)",
+                                                          "true (%)", "gap (%)", "closure"]))
     with open(paths[1], "w") as f:
         f.write(text)
     if all(isinstance(r.get(x), int | float) for r in table) and table:

@@ -240,6 +240,24 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
             "mask": mask}
 
 
+def val_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-example fit of the *combined* model to noisy labels (Eqn 3's terms). Pure; jit it.
+
+    ``batch["label"]`` are noisy labels of held-out training examples. Returns ``nll``
+    (``-log (Q p)_label``, or ``-log p_label`` for ``noise_model="none"``), ``noisy_correct``
+    (the combined model's argmax equals the label) and ``mask``. Its mean over a held-out
+    split scores a model against noisy labels only, so it can select among epochs or runs
+    without a clean label: a Q more diffuse than the noise, or a network that memorised
+    training flips, both raise it.
+    """
+    logits = predict(state, batch["image"]).astype(jnp.float32)
+    q = state.q if state.noise_model != "none" else None
+    nll = losses.noisy_cross_entropy(logits, q, batch["label"])
+    pred = jnp.argmax(losses.noisy_probs(logits, q) if q is not None else logits, -1)
+    mask = batch.get("mask", jnp.ones(pred.shape, bool))
+    return {"nll": nll, "noisy_correct": (pred == batch["label"]) & mask, "mask": mask}
+
+
 def jit_train_step(mesh, state_sharding):
     """``train_step`` jitted over ``mesh``: state sharded as given, batch over ``data``.
 
@@ -292,10 +310,11 @@ class DispatchWindow:
         return len(self._pending)
 
 
-def jit_eval_step(mesh, state_sharding):
-    """``eval_step`` jitted over ``mesh``; outputs stay sharded over ``data``."""
+def jit_eval_step(mesh, state_sharding, fn: Callable = eval_step):
+    """``eval_step`` (or ``fn``, e.g. :func:`val_step`) jitted over ``mesh``; outputs stay
+    sharded over ``data``."""
     batch_sh = sharding.batch_sharding(mesh)
-    return jax.jit(eval_step, in_shardings=(state_sharding, batch_sh), out_shardings=batch_sh)
+    return jax.jit(fn, in_shardings=(state_sharding, batch_sh), out_shardings=batch_sh)
 
 
 def check_finite(state: TrainState) -> None:
@@ -459,7 +478,8 @@ def _jitted_loop_fns(mesh, state_sh, acc_sh):
     repl = sharding.replicated(mesh)
     train_fn = jax.jit(step, in_shardings=(state_sh, acc_sh, batch_sh),
                        out_shardings=(state_sh, acc_sh, repl), donate_argnums=(0, 1))
-    return train_fn, jit_eval_step(mesh, state_sh)
+    return train_fn, {"eval": jit_eval_step(mesh, state_sh),
+                      "val": jit_eval_step(mesh, state_sh, val_step)}
 
 
 def next_decay_scale(losses_since_unfreeze: list[float], scale: float, *, factor: float,
@@ -521,9 +541,10 @@ def evaluate_source(state: TrainState, eval_fn, source, cfg, ds, mesh) -> dict[s
     return {k: v[keep] for k, v in out.items()}
 
 
-def _evaluate(state, eval_fn, cfg, ds, mesh, spec: RunSpec) -> dict[str, Any]:
+def _evaluate(state, eval_fns, cfg, ds, mesh, spec: RunSpec) -> dict[str, Any]:
     from nlnoise import evaluate
 
+    eval_fn = eval_fns["eval"]
     res = evaluate_source(state, eval_fn, ds.test, cfg, ds, mesh)
     out: dict[str, Any] = {"test_error": 1.0 - float(res["correct"].mean()),
                            "_confusion": evaluate.confusion(res["pred"], res["label"],
@@ -533,10 +554,23 @@ def _evaluate(state, eval_fn, cfg, ds, mesh, spec: RunSpec) -> dict[str, Any]:
         det = evaluate.outlier_detection(noisy["outlier_score"], noisy["is_outlier"])
         out["outlier_ap"] = det["average_precision"]
         out["_pr"] = det
+    if ds.val is not None:
+        val = evaluate_source(state, eval_fns["val"], ds.val, cfg, ds, mesh)
+        out["val_noisy_loss"] = float(val["nll"].mean())
+        out["val_noisy_error"] = 1.0 - float(val["noisy_correct"].mean())
     if state.noise_model != "none":
         q = np.asarray(jax.device_get(state.q), np.float64)
         out.update(evaluate.q_metrics(q, spec.q_true))
     return out
+
+
+def best_record(records: list[dict[str, Any]], key: str = "val_noisy_loss"
+                ) -> dict[str, Any] | None:
+    """The evaluation with the lowest ``key`` (the earliest on ties), or None if no record has
+    it. With ``val_noisy_loss`` this is label-free early stopping: it picks an epoch by the
+    fit to held-out noisy labels, never by a clean one."""
+    scored = [r for r in records if r.get(key) is not None]
+    return min(scored, key=lambda r: r[key]) if scored else None
 
 
 def enable_compilation_cache(path: str) -> str | None:
@@ -605,7 +639,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     abstract = jax.eval_shape(init)
     state_sh = sharding.state_shardings(mesh, abstract)
     acc_sh = jax.tree.map(lambda _: sharding.replicated(mesh), _zero_acc())
-    train_fn, eval_fn = _jitted_loop_fns(mesh, state_sh, acc_sh)
+    train_fn, eval_fns = _jitted_loop_fns(mesh, state_sh, acc_sh)
     set_decay_scale = jax.jit(lambda opt, s: optax.tree.set(opt, q_decay_scale=s),
                               out_shardings=state_sh.opt_state, donate_argnums=(0,))
     use_rule = cfg.noise.model == "learned" and cfg.noise.q_decay_rule != "constant"
@@ -668,7 +702,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                 record = {"step": step, "epoch": step / spe,
                           "train_loss": float(window["loss"]) / n,
                           "noisy_train_error": float(window["noisy_error"]) / n,
-                          **_evaluate(state, eval_fn, cfg, ds, mesh, spec)}
+                          **_evaluate(state, eval_fns, cfg, ds, mesh, spec)}
                 pr = record.pop("_pr", None)
                 last_confusion = record.pop("_confusion")
                 if use_rule and step > spec.freeze_steps:
@@ -713,6 +747,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     q = np.asarray(sharding.unpad_q(params["q"]), np.float64)
     summary = {
         "final": final,
+        # Selected by the held-out noisy loss (dataset.val_size): no clean label is used.
+        "best": best_record(records),
         "steps": total,
         "epochs": total / spe,
         "wall_time_s": time.time() - wall_start,

@@ -163,6 +163,40 @@ def test_open_set_outliers_counts_labels_and_alpha():
     np.testing.assert_array_equal(ex["image"], raw.train.images.take(ds.train.rows[i : i + 1])[0])
 
 
+def test_val_split_is_held_out_of_the_noisy_training_set(cache):
+    kw = {"noise_kind": "symmetric", "noise_level": 0.4, "noise_seed": 2}
+    full = data.load(_digits(cache), **kw)
+    ds = data.load(_digits(cache, val_size=300), **kw)
+    again = data.load(_digits(cache, val_size=300), **kw)
+    assert full.val is None
+    assert len(ds.val) == 300 and len(ds.train) == len(full.train) - 300
+    # Disjoint, and together the same examples with the same (noisy) labels as without a split.
+    rows = np.concatenate([ds.train.rows, ds.val.rows])
+    assert len(np.unique(rows)) == len(full.train)
+    by_row = dict(zip(full.train.rows.tolist(), full.train.labels.tolist(), strict=True))
+    assert [by_row[r] for r in ds.val.rows.tolist()] == ds.val.labels.tolist()
+    assert np.mean(ds.val.labels != ds.val.clean_labels) > 0.25  # noisy, like training
+    np.testing.assert_array_equal(ds.val.rows, again.val.rows)  # deterministic
+    np.testing.assert_array_equal(ds.train_labels, ds.train.labels)
+    assert ds.label_fingerprint != full.label_fingerprint  # a different training set
+    with pytest.raises(data.DataError, match="dataset.val_size"):
+        data.load(_digits(cache, val_size=len(full.train)), **kw)
+    with pytest.raises(data.DataError, match="dataset.val_size"):
+        data.load(_digits(cache, val_size=-1), **kw)
+
+
+@needs_cifar
+def test_val_split_keeps_alpha_from_the_outliers_trained_on(cache):
+    cfg = {"name": "cifar10", "inlier_classes": (0, 1, 2, 3, 4), "train_size": 2000,
+           "num_outliers": 1000, "num_known_outliers": 200, "val_size": 640}
+    ds = data.load(cfg, noise_kind="identity", noise_seed=0)
+    assert len(ds.train) + len(ds.val) == 3200
+    assert ds.num_known_outliers == int(np.sum(ds.train.labels == 5))
+    assert ds.num_outliers + ds.num_known_outliers == int(ds.train_is_outlier.sum())
+    assert ds.alpha == pytest.approx(noise.outlier_alpha(ds.num_known_outliers, ds.num_outliers))
+    assert 0 < ds.val.is_outlier.sum() < 640
+
+
 def test_known_outliers_may_not_exceed_outliers(cache):
     cfg = _digits(cache, inlier_classes=(0, 1, 2), num_outliers=10, num_known_outliers=11)
     with pytest.raises(data.DataError, match=r"dataset.num_known_outliers=11 exceeds .*=10"):

@@ -126,6 +126,17 @@ def test_bad_cell_fails_loudly_or_is_recorded_with_keep_going(tmp_path):
     assert "noise.level" in table[0]["error"] and table[1]["test_error"] < 0.9
 
 
+def test_record_carries_the_evaluation_the_held_out_noisy_loss_selects(tmp_path):
+    def fake_train(cfg, workdir):
+        return {"final": {"epoch": 4.0, "test_error": 0.3},
+                "best": {"epoch": 2.0, "test_error": 0.2, "val_noisy_loss": 1.1, "step": 9}}
+
+    (rec,) = experiments.run_grid(DIGITS, ["model='learned'"], root=str(tmp_path),
+                                  train_fn=fake_train, verbose=False)
+    assert (rec["test_error"], rec["best_test_error"], rec["best_epoch"]) == (0.3, 0.2, 2.0)
+    assert rec["best_val_noisy_loss"] == 1.1 and "best_step" not in rec
+
+
 def test_placeholders_reach_the_variant_but_not_the_cell_name(tmp_path):
     seen = []
 

@@ -147,6 +147,30 @@ def test_lower_on_rise_rule():
     assert train.next_decay_scale([1.8, 1.81], 1.0, factor=0.1, tolerance=0.01) == 1.0
 
 
+def test_val_step_scores_the_combined_model_against_noisy_labels():
+    q_star = noise.paper_random(K, 0.5, seed=3)
+    batch = {**_batch(2), "mask": jnp.asarray([True] * 12 + [False] * 4)}
+    for model, q in (("none", None), ("true", q_star)):
+        state = _state(model, q_init=q)
+        out = jax.jit(train.val_step)(state, batch)
+        logits = train.predict(state, batch["image"])
+        p = np.asarray(jax.nn.softmax(logits, -1), np.float64)
+        p_noisy = p if q is None else p @ q_star.T  # (Q p)_j = sum_i q[j, i] p_i
+        labels = np.asarray(batch["label"])
+        nll = -np.log(p_noisy[np.arange(16), labels])
+        np.testing.assert_allclose(out["nll"], nll, rtol=1e-5)
+        correct = (p_noisy.argmax(-1) == labels) & np.asarray(batch["mask"])
+        np.testing.assert_array_equal(out["noisy_correct"], correct)
+
+
+def test_best_record_is_the_lowest_held_out_noisy_loss():
+    recs = [{"epoch": 1, "val_noisy_loss": 2.0}, {"epoch": 2, "val_noisy_loss": 1.5},
+            {"epoch": 3, "val_noisy_loss": 1.5}, {"epoch": 4, "val_noisy_loss": 1.7}]
+    assert train.best_record(recs)["epoch"] == 2  # the earliest of equals
+    assert train.best_record([{"epoch": 1, "test_error": 0.1}]) is None
+    assert train.best_record([]) is None
+
+
 def test_trace_plateau_rule():
     plateaued = train.trace_plateaued
     assert not plateaued([9.0], [4.0], 0.01)  # one evaluation: nothing to compare with

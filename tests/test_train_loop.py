@@ -209,3 +209,15 @@ def test_plateau_rule_lowers_the_decay_once_the_trace_settles(tmp_path):
     train.train_and_evaluate(cfg, str(tmp_path / "run"))
     scales = [r.get("q_decay_scale") for r in _metrics(str(tmp_path / "run"))]
     assert scales == [None, 1.0, 0.5, 0.25]
+
+
+def test_held_out_noisy_split_selects_an_epoch_without_clean_labels(tmp_path):
+    cfg = _cfg("runlocal,epochs=4,freeze=1", **{"dataset.val_size": 300})
+    summary = train.train_and_evaluate(cfg, str(tmp_path / "run"))
+    recs = _metrics(str(tmp_path / "run"))
+    losses = [r["val_noisy_loss"] for r in recs]
+    assert all(np.isfinite(losses)) and all(0 <= r["val_noisy_error"] <= 1 for r in recs)
+    assert summary["best"] == recs[int(np.argmin(losses))]
+    # The held-out examples are not trained on: the training split minus 300, in batches of 64.
+    n_train = len(train.load_dataset(_cfg()).train)
+    assert summary["steps"] == 4 * ((n_train - 300) // 64) < 4 * (n_train // 64)

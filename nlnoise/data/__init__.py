@@ -43,6 +43,11 @@ Usage::
 - ``num_test_outliers``: test outliers in ``test_noisy`` (None = the whole pool's test split).
 - ``num_test_examples``: evaluate on a random subset (``subset_seed``) of this many inlier test
   images, for quick runs. None = the whole test split.
+- ``val_size``: hold this many examples out of the (noisy) training set, chosen at random
+  with ``subset_seed`` after labels are flipped and outliers added, as a validation split with
+  noisy labels (``NoisyDataset.val``). Training uses the rest. It needs no clean label: the
+  training loop logs the combined model's loss on it and reports the evaluation where that
+  loss was lowest (label-free model selection). Default 0 (no split).
 - ``image_size``: model input height/width; smaller than the stored size means random crops
   in training and a centre crop in evaluation. None = stored size (227 for imagenet2012).
 - ``resize_size``: imagenet2012 images are resized (shorter side) and centre-cropped to this

@@ -32,6 +32,7 @@ _OUTLIER_PICK_STREAM = 0x0B71C
 _TEST_OUTLIER_STREAM = 0x7E570
 _OUTLIER_LABEL_STREAM = 0x0A7E1
 _TEST_SUBSET_STREAM = 0x7E5B5
+_VAL_STREAM = 0x0F411
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -94,6 +95,12 @@ class ExampleSource:
             "index": np.int64(i),
         }
 
+    def subset(self, positions: np.ndarray) -> ExampleSource:
+        """The examples at ``positions`` (in that order) as a split of their own."""
+        pos = np.asarray(positions, np.int64)
+        return ExampleSource(self.providers, self.provider_id[pos], self.rows[pos],
+                             self.labels[pos], self.clean_labels[pos], self.is_outlier[pos])
+
     def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The examples at ``indices`` stacked along a new first axis (one gather per provider)."""
         idx = np.asarray(indices, np.int64)
@@ -121,9 +128,11 @@ class NoisyDataset:
     """A dataset with its training labels corrupted as configured.
 
     Attributes:
-      train, test, test_noisy: :class:`ExampleSource` splits. ``test`` holds clean labels of
-        inlier test images. ``test_noisy`` (None without an outlier pool) adds test outliers
+      train, test, test_noisy, val: :class:`ExampleSource` splits. ``test`` holds clean labels
+        of inlier test images. ``test_noisy`` (None without an outlier pool) adds test outliers
         (``label == num_classes``, ``clean_label == -1``, ``is_outlier``) for outlier detection.
+        ``val`` (None unless ``dataset.val_size``) is held out of the training set with its
+        noisy labels, for label-free model selection.
       num_classes: K, the number of inlier classes (training labels also use K for known
         outliers).
       image_shape: the model input shape ``[H, W, C]`` (after any crop).
@@ -142,6 +151,7 @@ class NoisyDataset:
     train: ExampleSource
     test: ExampleSource
     test_noisy: ExampleSource | None
+    val: ExampleSource | None
     num_classes: int
     image_shape: tuple[int, int, int]
     q_true: np.ndarray | None
@@ -374,6 +384,22 @@ def load(
         is_outlier=np.concatenate([np.zeros(n_in, bool), np.ones(n_o, bool)]),
     )
 
+    val = None
+    n_val = _check_count(cfg.val_size, "dataset.val_size")
+    if n_val:
+        if n_val >= len(train):
+            raise DataError(
+                f"dataset.val_size={n_val} leaves no training examples of the {len(train)} "
+                "(inliers and outliers); hold out fewer, e.g. a tenth."
+            )
+        perm = _rng(cfg.subset_seed, _VAL_STREAM).permutation(len(train))
+        val = train.subset(np.sort(perm[:n_val]))
+        train = train.subset(np.sort(perm[n_val:]))
+        # Eqn 9's alpha and the counts describe the examples that are trained on.
+        n_known = int(np.sum(train.is_outlier & (train.labels == k)))
+        n_out = int(np.sum(train.is_outlier)) - n_known
+        n_o = n_out + n_known
+
     test_in_rows = np.flatnonzero(remap[raw.test.labels] >= 0)
     if cfg.num_test_examples is not None:
         n_test = _check_count(cfg.num_test_examples, "dataset.num_test_examples")
@@ -411,6 +437,7 @@ def load(
         train=train,
         test=test,
         test_noisy=test_noisy,
+        val=val,
         num_classes=k,
         image_shape=pre.output_shape,
         q_true=q,

@@ -63,6 +63,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
             "outlier_data_dir": ph(str),
             "num_test_outliers": ph(int),
             "num_test_examples": ph(int),
+            "val_size": 0,
             "image_size": ph(int),
             "resize_size": 256,
             "random_flip": ph(bool),
