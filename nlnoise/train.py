@@ -708,15 +708,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                 if use_rule and step > spec.freeze_steps:
                     scale = float(jax.device_get(optax.tree.get(state.opt_state,
                                                                 "q_decay_scale")))
-                    since = [r for r in records if r["step"] - eval_every >= spec.freeze_steps]
-                    new = next_decay_scale([*(r["train_loss"] for r in since),
-                                            record["train_loss"]], scale,
+                    # The evaluations whose window lies after the freeze, and this one.
+                    since = [*(r for r in records if r["step"] - eval_every
+                               >= spec.freeze_steps), record]
+                    new = next_decay_scale([r["train_loss"] for r in since], scale,
                                            factor=cfg.noise.q_decay_factor,
                                            tolerance=cfg.noise.q_decay_tolerance)
                     if (new == scale and cfg.noise.q_decay_rule == "lower_on_plateau"
-                            and trace_plateaued([*(r["q_trace"] for r in since),
-                                                 record["q_trace"]],
-                                                [*(r["epoch"] for r in since), record["epoch"]],
+                            and trace_plateaued([r["q_trace"] for r in since],
+                                                [r["epoch"] for r in since],
                                                 cfg.noise.q_plateau_tolerance)):
                         new = scale * cfg.noise.q_decay_factor
                     if new != scale:
