@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -497,19 +498,28 @@ def next_decay_scale(losses_since_unfreeze: list[float], scale: float, *, factor
     return scale * factor if newest > min(earlier) * (1 + tolerance) else scale
 
 
+# A plateau is a rate of change this far below the fastest one since the freeze, so that a Q
+# that has not yet started to move (or moves slowly and steadily) is not taken as settled.
+PLATEAU_PEAK_FRACTION = 0.25
+
+
 def trace_plateaued(traces: list[float], epochs: list[float], tolerance: float) -> bool:
     """Whether ``tr(Q)`` has settled: over the newest evaluation window it moved by less than
-    ``tolerance`` of its value per epoch (either way).
+    ``tolerance`` of its value per epoch (either way), and by less than a quarter of its
+    fastest move per epoch over the earlier windows of ``traces``.
 
     Under a constant decay ``tr(Q)`` falls from ``K`` until the decay's pull balances the data
     term's; from then on the decay no longer moves Q toward ``Q*`` but only biases it further
     (``nlnoise.optim.decay_fixed_point``), so the ``lower_on_plateau`` rule lowers the decay
     there. Uses Q alone: no labels, clean or noisy.
     """
-    if len(traces) < 2 or epochs[-1] <= epochs[-2]:
+    if len(traces) < 3 or any(b <= a for a, b in itertools.pairwise(epochs)):
         return False
-    change = abs(traces[-1] - traces[-2]) / max(abs(traces[-2]), 1e-12)
-    return change / (epochs[-1] - epochs[-2]) < tolerance
+    rates = [abs(b - a) / max(abs(a), 1e-12) / (eb - ea)
+             for (a, b), (ea, eb) in zip(itertools.pairwise(traces), itertools.pairwise(epochs),
+                                         strict=True)]
+    *earlier, newest = rates
+    return newest < tolerance and newest < PLATEAU_PEAK_FRACTION * max(earlier)
 
 
 def _zero_acc():

@@ -173,12 +173,17 @@ def test_best_record_is_the_lowest_held_out_noisy_loss():
 
 def test_trace_plateau_rule():
     plateaued = train.trace_plateaued
-    assert not plateaued([9.0], [4.0], 0.01)  # one evaluation: nothing to compare with
-    assert not plateaued([10.0, 8.0], [3.0, 4.0], 0.01)  # still falling fast
-    assert plateaued([4.05, 4.02], [10.0, 11.0], 0.01)  # 0.7% per epoch
-    assert not plateaued([4.05, 4.02], [10.0, 10.5], 0.01)  # the same move in half an epoch
-    assert not plateaued([4.0, 4.5], [10.0, 11.0], 0.01)  # rising again: not settled either
-    assert plateaued([4.0, 4.0], [10.0, 11.0], 0.0) is False  # tolerance 0 never fires
+    assert not plateaued([8.0, 6.5], [4.0, 5.0], 0.01)  # one window: nothing to compare with
+    assert not plateaued([10.0, 8.0, 6.5], [3.0, 4.0, 5.0], 0.01)  # still falling fast
+    # Fast, slowing, then 0.7% per epoch: settled.
+    assert plateaued([8.0, 6.5, 4.05, 4.02], [4.0, 5.0, 6.0, 7.0], 0.01)
+    assert not plateaued([8.0, 6.5, 4.05, 4.02], [4.0, 5.0, 6.0, 6.5], 0.01)  # in half an epoch
+    assert not plateaued([8.0, 6.5, 4.0, 4.5], [4.0, 5.0, 6.0, 7.0], 0.01)  # rising again
+    # A Q that barely moved, or moves slowly and steadily, has not settled: its rate is not far
+    # below its fastest.
+    assert not plateaued([10.0, 9.99, 9.98], [10.0, 11.0, 12.0], 0.01)
+    assert not plateaued([9.0, 8.95, 8.9, 8.85], [4.0, 5.0, 6.0, 7.0], 0.01)
+    assert not plateaued([8.0, 6.5, 4.0, 4.0], [4.0, 5.0, 6.0, 7.0], 0.0)  # tolerance 0: never
 
 
 def test_decay_scale_lives_in_the_optimizer_state_and_can_be_lowered():
