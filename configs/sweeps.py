@@ -19,7 +19,7 @@ CIFAR_OUTLIER = "configs/cifar10_outlier.py"
 # These cells were run before noise.q_grad_clip existed (default 10 since 2026-11-25) and before
 # the lower_on_plateau decay rule (the default since 2026-11-29), so the sweeps pin the recipe
 # they ran with; fashion_recipe's clip10 cells show the clip.
-RULE = "noise.q_decay_rule='lower_on_rise'"
+RULE = "noise.q_decay_rule='lower_on_rise',noise.q_decay_tolerance=0.0"
 LEGACY = "noise.q_grad_clip=0.0," + RULE
 FASHION_BASE = "epochs=5,freeze=2," + LEGACY
 # Long enough for the plain model to start fitting the flipped labels (docs/results.md,
@@ -112,8 +112,10 @@ def get_sweeps() -> dict[str, dict]:
                 # ... and its learning rate for Q too (epsW=0.001 on the summed gradient).
                 ("model=learned,q_wd=0.00078125,q_lr=0.128",
                  "model='learned',q_wd=0.00078125,noise.q_learning_rate=0.128"),
+                # The default recipe since 2026-11-29 (lower_on_plateau, 1% rise tolerance).
                 ("model=learned,q_wd=0.1,rule=plateau,epochs=20",
-                 "model='learned',epochs=20,noise.q_decay_rule='lower_on_plateau'"),
+                 "model='learned',epochs=20,noise.q_decay_rule='lower_on_plateau',"
+                 "noise.q_decay_tolerance=0.01"),
                 ("size=60000,model=learned,q_wd=0.1", "size=60000,model='learned'"),
             ],
             "doc": "The decay on Q at 50% flips: its strength (mean-loss 0.1 / 0.01 / the "

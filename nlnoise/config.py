@@ -27,11 +27,13 @@ Keys (users and scripts rely on these names):
   measured over the last ``noise.q_stats_epochs`` epochs of training batches);
   ``noise.q_decay_rule``: ``constant``, ``lower_on_rise`` (at each evaluation after the
   freeze, if the noisy training loss rose above its best since the freeze by more than
-  ``noise.q_decay_tolerance`` (relative), the decay on Q is multiplied by
-  ``noise.q_decay_factor``: the paper's manual practice, automated; it needs no clean labels)
-  or ``lower_on_plateau`` (the same, and also when ``tr(Q)`` moved by less than
-  ``noise.q_plateau_tolerance`` of itself per epoch over the last evaluation window: the decay
-  has then done its work, and more of it only biases Q; it uses Q alone).
+  ``noise.q_decay_tolerance`` (relative, default 1%: the paper lowered it when the cost rose
+  "significantly"), the decay on Q is multiplied by ``noise.q_decay_factor``: the paper's
+  manual practice, automated; it needs no clean labels) or ``lower_on_plateau`` (the default:
+  the same, and also once, the first time ``tr(Q)`` moved by less than
+  ``noise.q_plateau_tolerance`` of itself per epoch over the last evaluation window and far
+  less than its fastest since the freeze: the decay has then done its work, and more of it
+  only biases Q; it uses Q alone).
 * ``dataset.*``: see :mod:`nlnoise.data`.
 * ``mesh.data`` (-1: all remaining devices), ``mesh.model``; ``mesh.cpu_devices``: on a
   CPU host, split it into this many XLA devices (0, the default: auto, up to 8, the largest
@@ -107,7 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.noise.q_init = "identity"
     c.noise.q_decay_rule = "lower_on_plateau"
     c.noise.q_decay_factor = 0.1
-    c.noise.q_decay_tolerance = 0.0
+    c.noise.q_decay_tolerance = 0.01
     c.noise.q_plateau_tolerance = 0.01
     c.noise.q_stats_epochs = 1.0
 

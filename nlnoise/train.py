@@ -724,7 +724,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                     new = next_decay_scale([r["train_loss"] for r in since], scale,
                                            factor=cfg.noise.q_decay_factor,
                                            tolerance=cfg.noise.q_decay_tolerance)
-                    if (new == scale and cfg.noise.q_decay_rule == "lower_on_plateau"
+                    # The plateau lowers the decay once: after that the decay only has to
+                    # hold Q, and more cuts would leave it to drift back as the net memorises.
+                    if (new == scale == 1.0 and cfg.noise.q_decay_rule == "lower_on_plateau"
                             and trace_plateaued([r["q_trace"] for r in since],
                                                 [r["epoch"] for r in since],
                                                 cfg.noise.q_plateau_tolerance)):
