@@ -131,9 +131,14 @@ def get_sweeps() -> dict[str, dict]:
         "fashion_long_val": {
             "config": FASHION, "dir": "fashion_long_val", "base": FASHION_LONG_VAL_BASE,
             "x": "noise_level",
-            "grid": {"noise": [0.5, 0.7], "model": MODELS},
+            # The default recipe (lower_on_plateau) and, beside it, the paper's constant decay.
+            "grid": [f"noise={n},model='{m}'" for n in (0.5, 0.7) for m in MODELS]
+                    + [(f"noise={n},model=learned,rule=constant",
+                        f"noise={n},model='learned',noise.q_decay_rule='constant'")
+                       for n in (0.5, 0.7)],
             "doc": "fashion_long with 1000 of the 10k images held out (noisy labels): every "
-                   "model also reported at the evaluation with the lowest held-out noisy loss.",
+                   "model also reported at the evaluation with the lowest held-out noisy loss; "
+                   "learned Q also with the paper's constant decay.",
         },
         "cifar_noise": {
             "config": CIFAR, "dir": "cifar10", "base": CIFAR_BASE, "x": "noise_level",
