@@ -148,8 +148,9 @@ def report(name: str, directory: str, table: Sequence[dict[str, Any]], x: str) -
         pct = [{**r, **{f"{k} (%)": 100 * r[k] for k in ("none", "learned", "true", "gap")}}
                for r in closure]
         text += (f"\nClean test error {when} and the share of the none-to-true gap that "
-                 "learned Q closes:\n\n" + markdown(pct, [x, "none (%)", "learned (%)",
-                                                          "true (%)", "gap (%)", "closure"]))
+                 "learned Q closes:\n\n" + markdown(pct, [x, "variant", "none (%)",
+                                                          "learned (%)", "true (%)", "gap (%)",
+                                                          "closure"]))
     with open(paths[1], "w") as f:
         f.write(text)
     if all(isinstance(r.get(x), int | float) for r in table) and table:

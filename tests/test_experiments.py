@@ -159,3 +159,13 @@ def test_gap_closure_matches_the_papers_imagenet_arithmetic():
     (row,) = experiments.gap_closure(table)
     assert row["closure"] == pytest.approx((0.537 - 0.452) / (0.537 - 0.414))
     assert row["gap"] == pytest.approx(0.123)
+
+
+def test_gap_closure_gives_each_learned_recipe_its_own_row():
+    table = [{"noise_level": 0.5, "model": "none", "test_error": 0.30, "variant": "n"},
+             {"noise_level": 0.5, "model": "learned", "test_error": 0.20, "variant": "a"},
+             {"noise_level": 0.5, "model": "learned", "test_error": 0.25, "variant": "b"},
+             {"noise_level": 0.5, "model": "true", "test_error": 0.10, "variant": "t"}]
+    rows = experiments.gap_closure(table)
+    assert [(r["variant"], r["closure"]) for r in rows] == [("a", pytest.approx(0.5)),
+                                                           ("b", pytest.approx(0.25))]
