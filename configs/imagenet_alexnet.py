@@ -11,7 +11,7 @@ random 227x227 crops and flips. Prepare the data with ``tfds build imagenet2012
 ``kind=adversarial``, ``mesh_model=4`` (shards fc6-8 and Q), ``runlocal`` (needs the data).
 """
 
-from nlnoise.config import base_config, finalize, set_path
+from nlnoise.config import base_config, finalize, set_path, split_variant
 
 
 def runlocal(c):
@@ -44,11 +44,11 @@ def get_config(arg: str | None = None):
     c.eval_every_epochs = 5
     c.checkpoint_every_steps = 2000
     arg = arg or ""
-    if "outlier" in arg.split(","):
+    if "outlier" in split_variant(arg):
         # Section 4.3: N_in = 0.6M inliers, N_out outliers with random labels, 20k known
         # outliers. Here the open-set protocol stands in for ImageNet Fall 2011: classes
         # 500-999 are the outlier pool.
-        arg = ",".join(a for a in arg.split(",") if a != "outlier")
+        arg = ",".join(a for a in split_variant(arg) if a != "outlier")
         c.noise.model = "outlier"
         c.noise.level = 0.0
         c.noise.kind = "identity"
@@ -56,7 +56,7 @@ def get_config(arg: str | None = None):
         c.dataset.num_outliers = 600_000
         c.dataset.num_known_outliers = 20_000
     if "mesh_model=" in arg:
-        parts = arg.split(",")
+        parts = split_variant(arg)
         value = next(int(p.split("=")[1]) for p in parts if p.startswith("mesh_model="))
         set_path(c, "mesh.model", value)
         arg = ",".join(p for p in parts if not p.startswith("mesh_model="))

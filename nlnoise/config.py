@@ -130,12 +130,31 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def split_variant(arg: str) -> list[str]:
+    """Splits a variant string on commas outside brackets and quotes: ``"a=(6,7),b=1"`` -> 2."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(arg):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(arg[start:i])
+            start = i + 1
+    parts.append(arg[start:])
+    return parts
+
+
 def parse_variant(arg: str | None) -> dict[str, Any]:
     """``"noise=0.5,model=learned"`` -> ``{"noise": 0.5, "model": "learned"}`` (literals parsed)."""
     out: dict[str, Any] = {}
     if not arg:
         return out
-    for part in arg.split(","):
+    for part in split_variant(arg):
         part = part.strip()
         if not part:
             continue
@@ -167,6 +186,8 @@ def set_path(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
         value = float(value)
     if isinstance(old, tuple) and isinstance(value, list):
         value = tuple(value)
+    elif isinstance(old, tuple) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,)  # "lr_boundaries_epochs=7" means one boundary
     try:
         node[leaf] = value
     except TypeError as e:

@@ -64,6 +64,16 @@ def test_parse_variant_literals():
     assert config.parse_variant("") == {}
 
 
+def test_variant_values_may_hold_commas():
+    assert config.parse_variant("lr_boundaries_epochs=(6,7),net='a,b',x=[1,2],y=1") == {
+        "lr_boundaries_epochs": (6, 7), "net": "a,b", "x": [1, 2], "y": 1}
+    assert load("cifar10", "epochs=8,lr_boundaries_epochs=(6,7)").lr_boundaries_epochs == (6, 7)
+    # One number for a tuple field is one boundary.
+    assert load("cifar10", "lr_boundaries_epochs=7").lr_boundaries_epochs == (7,)
+    assert load("imagenet_alexnet", "outlier,lr_boundaries_epochs=(20,30)"
+                ).lr_boundaries_epochs == (20, 30)
+
+
 BAD = [
     ("noise.level", 1.5, "noise.level"),
     ("noise.level", -0.1, "noise.level"),
