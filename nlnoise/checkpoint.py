@@ -151,3 +151,70 @@ class CheckpointStore:
                 f"finishing the checkpoint for step {self._pending} under {self.directory} "
                 f"failed: {e!r}. Intact checkpoints: {self.steps()}."
             ) from e
+
+
+class BestParams:
+    """The parameters (network and Q) at the evaluation with the lowest ``metric``.
+
+    One orbax checkpoint under ``directory``; orbax's own best-checkpoint retention
+    (``best_fn``, ``max_to_keep=1``) decides which save survives, and deletes the old one only
+    after the new one is complete. Used with ``val_noisy_loss`` for label-free early stopping.
+    """
+
+    def __init__(self, directory: str, metric: str = "val_noisy_loss"):
+        self.directory = os.path.abspath(directory)
+        self.metric = metric
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, best_fn=lambda m: m[metric], best_mode="min",
+                enable_async_checkpointing=False,
+            ),
+            item_names=("params",),
+        )
+
+    def steps(self) -> list[int]:
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def drop_after(self, step: int) -> None:
+        """Deletes saves after ``step``: a resumed run replays from there and finds them again."""
+        for s in self.steps():
+            if s > step:
+                self._manager.delete(s)
+
+    def save(self, step: int, params: Any, value: float) -> None:
+        """Saves ``params`` (a pytree) with ``{metric: value}``; a step already saved is kept."""
+        if int(step) in self.steps():
+            return
+        try:
+            self._manager.save(int(step), args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params)), metrics={self.metric: float(value)},
+                force=True)
+        except Exception as e:
+            raise CheckpointError(
+                f"saving the best parameters for step {step} under {self.directory} failed: "
+                f"{e!r}. The earlier best {self.steps()} is untouched; free disk space and "
+                "resume.") from e
+
+    def restore(self, abstract_params: Any = None) -> tuple[Any, int] | None:
+        """``(params, step)`` of the best save, or None when nothing was saved. Without
+        ``abstract_params`` the arrays land on the default device, unsharded."""
+        steps = self.steps()
+        if not steps:
+            return None
+        step = self._manager.best_step()
+        step = steps[-1] if step is None else step
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params)))
+        except Exception as e:
+            raise CheckpointError(
+                f"the best parameters at step {step} under {self.directory} could not be read "
+                f"({type(e).__name__}: {e}). The run's regular checkpoints are separate; "
+                "rerun with --overwrite to recompute them.") from e
+        return out["params"], step
+
+    def close(self) -> None:
+        self._manager.close()
+

@@ -96,6 +96,9 @@ def main(argv: list[str]) -> int:
           f"{shown}.\nclean test error (noise layer removed): {final.get('test_error', 0):.2%}"
           + (f"; Q error sum|Q-Q*|/sum|Q*|: {final['q_rel_l1']:.3f}" if "q_rel_l1" in final
              else "")
+          + (f"\nlowest held-out noisy loss at epoch {best['epoch']:g}: clean test error "
+             f"{best['test_error']:.2%}; its parameters: {summary.get('best_params_dir')}"
+             if (best := summary.get("best")) else "")
           + f"\nmetrics: {_WORKDIR.value}/metrics.jsonl, plots: {_WORKDIR.value}/plots/")
     return 0
 

@@ -675,6 +675,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
         acc = items["acc"]
         log.info("resumed from the checkpoint at step %d.", start)
     records = run_dir.metrics.truncate_after(start)
+    # Label-free early stopping keeps its model: the parameters at the lowest held-out noisy
+    # loss. Saves after the resumed step are replayed, like the metrics.
+    best_store = checkpoint.BestParams(run_dir.best) if ds.val is not None else None
+    if best_store is not None:
+        best_store.drop_after(start)
 
     spe, total = spec.steps_per_epoch, spec.total_steps
     eval_every = max(1, round(cfg.eval_every_epochs * spe))
@@ -738,6 +743,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                     record["q_decay_scale"] = new
                 records.append(record)
                 run_dir.metrics.append(record)
+                if best_store is not None and best_record(records) is record:
+                    best_store.save(step, state.params, record["val_noisy_loss"])
                 reporter.log_eval(record, pr)
                 acc = zero_acc()
             if at_ckpt:
@@ -750,9 +757,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
         # Keep the original error: closing may fail too (e.g. the same full disk).
         reporter.close()
         store.close(quiet=True)
+        if best_store is not None:
+            best_store.close()
         raise
     reporter.close()
     store.close()
+    if best_store is not None:
+        best_store.close()
 
     final = records[-1] if records else {}
     params = host_params(state)
@@ -761,6 +772,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
         "final": final,
         # Selected by the held-out noisy loss (dataset.val_size): no clean label is used.
         "best": best_record(records),
+        # Its parameters (network and Q): checkpoint.BestParams(<this>).restore().
+        "best_params_dir": run_dir.best if best_store is not None else None,
         "steps": total,
         "epochs": total / spe,
         "wall_time_s": time.time() - wall_start,

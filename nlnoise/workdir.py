@@ -6,6 +6,7 @@ Layout of ``DIR``::
     metrics.jsonl    one JSON object per evaluation
     summary.json     written last, when the run has finished
     checkpoints/     orbax checkpoints (state + data iterator position)
+    best/            the parameters at the lowest held-out noisy loss (``dataset.val_size``)
     plots/           q.png (learned Q beside Q*), curves.png, pr.png (outlier runs)
     tb/              TensorBoard event files
     archive/         earlier runs moved aside by ``--overwrite`` (never deleted)
@@ -138,6 +139,7 @@ class RunDir:
         self.config_path = os.path.join(self.path, "config.json")
         self.summary_path = os.path.join(self.path, "summary.json")
         self.checkpoints = os.path.join(self.path, "checkpoints")
+        self.best = os.path.join(self.path, "best")
         self.plots = os.path.join(self.path, "plots")
         self.metrics = MetricsLog(os.path.join(self.path, "metrics.jsonl"))
 

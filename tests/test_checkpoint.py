@@ -144,3 +144,30 @@ def test_abstract_like_carries_shardings():
     sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     abstract = checkpoint.abstract_like({"x": jnp.zeros(4)}, {"x": sh})
     assert abstract["x"].sharding == sh and abstract["x"].shape == (4,)
+
+
+def test_best_params_keep_the_lowest_metric_and_drop_replayed_steps(tmp_path):
+    best = checkpoint.BestParams(str(tmp_path / "best"))
+    assert best.restore() is None
+    for step, value in ((1, 0.9), (2, 0.5), (3, 0.7)):
+        best.save(step, _tree(float(step)), value)
+    assert best.steps() == [2]  # a worse save never replaces the best
+    best.save(2, _tree(99.0), 0.1)  # a replayed step is already there: kept as it was
+    params, step = checkpoint.BestParams(str(tmp_path / "best")).restore(_tree(0.0))
+    assert step == 2
+    np.testing.assert_array_equal(params["w"], np.full((3, 4), 2.0))
+    best.save(5, _tree(5.0), 0.4)
+    best.drop_after(4)  # resumed from step 4: step 5 will be found again
+    assert best.restore() is None
+    best.close()
+
+
+def test_unreadable_best_params_name_the_directory(tmp_path):
+    best = checkpoint.BestParams(str(tmp_path / "best"))
+    best.save(1, _tree(1.0), 0.3)
+    best.close()
+    for f in (tmp_path / "best" / "1").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metrics" not in str(f):
+            f.write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="best parameters at step 1"):
+        checkpoint.BestParams(str(tmp_path / "best")).restore(_tree(0.0))

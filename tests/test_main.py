@@ -22,6 +22,16 @@ def test_cli_runs_and_reports(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test_error=" in out.stdout and "q_rel_l1=" in out.stdout
     assert (tmp_path / "summary.json").exists() and (tmp_path / "plots" / "q.png").exists()
+    assert "held-out" not in out.stdout  # no dataset.val_size, no selection to report
+
+
+def test_cli_reports_the_selected_epoch_and_where_its_parameters_are(tmp_path):
+    out = _run("--config=configs/digits.py:runlocal,epochs=2,freeze=1",
+               "--config.dataset.val_size=200", f"--workdir={tmp_path}",
+               "--config.progress_bar=False")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "lowest held-out noisy loss at epoch" in out.stdout
+    assert f"its parameters: {tmp_path / 'best'}" in out.stdout and (tmp_path / "best").is_dir()
 
 
 @pytest.mark.parametrize(

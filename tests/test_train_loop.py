@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
-from nlnoise import noise, train, workdir
+from nlnoise import checkpoint, noise, train, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -222,6 +223,22 @@ def test_held_out_noisy_split_selects_an_epoch_without_clean_labels(tmp_path):
     losses = [r["val_noisy_loss"] for r in recs]
     assert all(np.isfinite(losses)) and all(0 <= r["val_noisy_error"] <= 1 for r in recs)
     assert summary["best"] == recs[int(np.argmin(losses))]
+    # The selected model is kept.
+    assert checkpoint.BestParams(summary["best_params_dir"]).restore()[1] == summary["best"]["step"]
     # The held-out examples are not trained on: the training split minus 300, in batches of 64.
     n_train = len(train.load_dataset(_cfg()).train)
     assert summary["steps"] == 4 * ((n_train - 300) // 64) < 4 * (n_train // 64)
+
+
+def test_best_params_are_the_selected_steps_bit_for_bit(tmp_path, monkeypatch):
+    # On digits the held-out loss still falls at the last epoch, so the selection is pinned to
+    # the first evaluation: the kept parameters must be those of a run stopped there, not the
+    # final ones.
+    monkeypatch.setattr(train, "best_record", lambda records, key="val_noisy_loss": records[0])
+    arg, val = "runlocal,epochs=3,freeze=1", {"dataset.val_size": 300}
+    summary = train.train_and_evaluate(_cfg(arg, **val), str(tmp_path / "run"))
+    params, step = checkpoint.BestParams(summary["best_params_dir"]).restore()
+    assert step == summary["best"]["step"] < summary["steps"]
+    stopped = train.train_and_evaluate(_cfg(arg, max_steps=step, **val), str(tmp_path / "stop"))
+    digest = train.params_digest(jax.tree.map(np.asarray, params))
+    assert digest == stopped["params_sha256"] != summary["params_sha256"]
