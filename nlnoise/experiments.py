@@ -201,7 +201,9 @@ def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
 
     ``closure = (err_none - err_learned) / (err_none - err_true)``; the paper's ImageNet result
     is (53.7 - 45.2) / (53.7 - 41.4) = 0.69. Where several ``learned`` cells share a value of
-    ``by`` (recipe variants), each gets its own row, named by its ``variant``.
+    ``by`` (recipe variants), each gets its own row, named by its ``variant``. Where ``true``
+    is no better than ``none`` (gap <= 0: nothing to close, as when no model has fitted the
+    flips yet) the closure is NaN rather than a ratio whose sign means nothing.
     """
     table = [r for r in table if "error" not in r]
     out = []
@@ -216,5 +218,5 @@ def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
                 continue
             out.append({by: value, "variant": r.get("variant"), "none": base["none"],
                         "learned": r[metric], "true": base["true"], "gap": gap,
-                        "closure": (base["none"] - r[metric]) / gap if gap else float("nan")})
+                        "closure": (base["none"] - r[metric]) / gap if gap > 0 else float("nan")})
     return out

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 from nlnoise import config as config_lib
@@ -169,3 +170,11 @@ def test_gap_closure_gives_each_learned_recipe_its_own_row():
     rows = experiments.gap_closure(table)
     assert [(r["variant"], r["closure"]) for r in rows] == [("a", pytest.approx(0.5)),
                                                            ("b", pytest.approx(0.25))]
+
+
+def test_gap_closure_is_undefined_when_true_is_no_better_than_none():
+    table = [{"noise_level": 0.5, "model": "none", "test_error": 0.50},
+             {"noise_level": 0.5, "model": "learned", "test_error": 0.48},
+             {"noise_level": 0.5, "model": "true", "test_error": 0.53}]
+    (row,) = experiments.gap_closure(table)
+    assert row["gap"] == pytest.approx(-0.03) and np.isnan(row["closure"])
