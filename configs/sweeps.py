@@ -129,6 +129,15 @@ def get_sweeps() -> dict[str, dict]:
             "doc": "The decay on Q at 50% flips: its strength (mean-loss 0.1 / 0.01 / the "
                    "paper's 0.1/128), Q's learning rate, and the lower_on_plateau rule.",
         },
+        "fashion_clean": {
+            # Learned Q without noise: the 5-epoch cell ended 2.7 points behind none (the decay
+            # diffuses Q when there is nothing to model). fashion_decay's plateau-cell schedule
+            # (30k, 20 epochs, Q frozen for 3) with the default recipe, so the rule can act.
+            "config": FASHION, "dir": "fashion_clean", "base": "noise=0.0,epochs=20,freeze=3",
+            "x": "noise_level",
+            "grid": {"model": ["none", "learned"]},
+            "doc": "Learned Q on clean labels (30k, 20 epochs, default recipe) against none.",
+        },
         "fashion_long": {
             "config": FASHION, "dir": "fashion_long", "base": FASHION_LONG_BASE,
             "x": "noise_level",
