@@ -215,6 +215,12 @@ class BestParams:
                 "rerun with --overwrite to recompute them.") from e
         return out["params"], step
 
-    def close(self) -> None:
-        self._manager.close()
-
+    def close(self, quiet: bool = False) -> None:
+        """Releases the manager; with ``quiet`` (another error is being reported) a failure is
+        logged, not raised."""
+        try:
+            self._manager.close()
+        except Exception as e:
+            if not quiet:
+                raise
+            log.warning("closing the best-parameters manager also failed: %r", e)

@@ -758,7 +758,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
         reporter.close()
         store.close(quiet=True)
         if best_store is not None:
-            best_store.close()
+            best_store.close(quiet=True)
         raise
     reporter.close()
     store.close()
