@@ -8,7 +8,7 @@ unlabelled outliers, without the known outliers, and scores outliers by softmax 
 Variants: ``ratio=1.0`` (N_out / N_in), ``model=none``, ``alpha_scale=1.15``, ``size=10000``.
 """
 
-from nlnoise.config import base_config, finalize, parse_variant
+from nlnoise.config import base_config, finalize
 
 
 def runlocal(c):
@@ -31,18 +31,19 @@ def get_config(arg: str | None = None):
     c.dataset.num_known_outliers = 2_500
     c.model.name = "layers18pct"
     c.noise.model = "outlier"
-    c.noise.kind = "identity"
-    c.noise.level = 0.0
+    c.corruption.kind = "identity"
+    c.corruption.level = 0.0
     c.num_epochs = 100
     c.learning_rate = 0.001
     c.weight_decay = 0.004
     c.layer_weight_decay = {"fc10": 1.0}
-    variants = parse_variant(arg)
-    ratio = float(variants.pop("ratio", 1.0))
-    rest = ",".join(f"{k}={v!r}" if not isinstance(v, bool) else k for k, v in variants.items())
-    finalize(c, rest, runlocal)
-    if "num_outliers" not in (arg or "") and "runlocal" not in variants:
-        c.dataset.num_outliers = round(ratio * c.dataset.train_size)
-    if c.noise.model == "none":
+    c.bias_lr_scale = 2.0  # layer-params-18pct: epsB = 2 * epsW
+    return finalize(c, arg, runlocal, derived={"ratio": (1.0, _outliers)})
+
+
+def _outliers(c, ratio, variants):
+    # N_out follows the final training-set size, unless set outright.
+    if "dataset.num_outliers" not in variants:
+        c.dataset.num_outliers = round(float(ratio) * c.dataset.train_size)
+    if c.noise.model == "none":  # the normal model has no outlier class to label them with
         c.dataset.num_known_outliers = 0
-    return c

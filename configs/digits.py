@@ -9,7 +9,7 @@ from nlnoise.config import base_config, finalize
 
 def runlocal(c):
     c.num_epochs = 10
-    c.noise.freeze_epochs = 3
+    c.q.freeze_epochs = 3
 
 
 def get_config(arg: str | None = None):
@@ -24,9 +24,9 @@ def get_config(arg: str | None = None):
     c.momentum = 0.9
     c.weight_decay = 5e-4
     c.layer_weight_decay = {}
-    c.noise.kind = "paper_random"
-    c.noise.level = 0.5
-    c.noise.freeze_epochs = 10
-    c.noise.q_learning_rate = 0.05
+    c.corruption.kind = "paper_random"
+    c.corruption.level = 0.5
+    c.q.freeze_epochs = 10
+    c.q.learning_rate = 0.05
     c.log_every_steps = 10
     return finalize(c, arg, runlocal)

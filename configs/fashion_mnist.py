@@ -11,9 +11,10 @@ from nlnoise.config import base_config, finalize
 def runlocal(c):
     c.dataset.train_size = 2000
     c.num_epochs = 3
-    c.noise.freeze_epochs = 1
+    c.q.freeze_epochs = 1
     c.batch_size = 100
     c.dataset.num_test_examples = 2000
+    c.dataset.val_size = 200
     c.log_every_steps = 10
 
 
@@ -23,17 +24,19 @@ def get_config(arg: str | None = None):
     c.dataset.source = "local"
     c.model.name = "layers18pct"
     c.noise.model = "learned"
-    c.noise.kind = "paper_random"
-    c.noise.level = 0.5
+    c.corruption.kind = "paper_random"
+    c.corruption.level = 0.5
     c.dataset.pixel_scale = 1.0  # raw 0..255 units minus the mean, as cuda-convnet
     c.num_epochs = 5
-    c.noise.freeze_epochs = 2
+    c.q.freeze_epochs = 2
     c.batch_size = 128
     c.learning_rate = 0.01
     c.momentum = 0.9
     c.weight_decay = 0.004
     c.layer_weight_decay = {}
-    c.noise.q_learning_rate = 0.01
-    # The main job: 30k of the 60k training images, so that it takes minutes on 2 cores.
+    c.q.learning_rate = 0.01
+    # The main job: 30k of the 60k training images, so that it takes minutes on 2 cores; 3k of
+    # them are held out with their noisy labels for label-free early stopping (summary "best").
     c.dataset.train_size = 30_000
+    c.dataset.val_size = 3_000
     return finalize(c, arg, runlocal)

@@ -2,7 +2,7 @@
 
 The paper's ImageNet experiments: 50% "random" flips (each class keeps 50%, the rest over 10
 random classes: ``kind=sparse_random``) or 40% "adversarial" flips from a clean model's
-confusion matrix (``kind=adversarial``, ``noise.confusion_path``), models none/learned/true;
+confusion matrix (``kind=adversarial``, ``corruption.confusion_path``), models none/learned/true;
 and outliers (``configs/imagenet_alexnet.py:outlier``). The paper does not give AlexNet's Q
 schedule; we keep Q frozen for the first 30 of 90 epochs. Network hyper-parameters follow
 Krizhevsky et al.: SGD momentum 0.9, lr 0.01 dropped 10x at epochs 30 and 60, weight decay 5e-4,
@@ -11,15 +11,26 @@ random 227x227 crops and flips. Prepare the data with ``tfds build imagenet2012
 ``kind=adversarial``, ``mesh_model=4`` (shards fc6-8 and Q), ``runlocal`` (needs the data).
 """
 
-from nlnoise.config import base_config, finalize, set_path, split_variant
+from nlnoise.config import base_config, finalize
 
 
 def runlocal(c):
     c.dataset.train_size = 256
     c.dataset.num_test_examples = 256
     c.num_epochs = 1
-    c.noise.freeze_epochs = 0
+    c.q.freeze_epochs = 0
     c.batch_size = 32
+
+
+def outlier(c):
+    """Section 4.3: N_in = 0.6M inliers, N_out outliers with random labels, 20k known outliers.
+    The open-set protocol stands in for ImageNet Fall 2011: classes 500-999 are the pool."""
+    c.noise.model = "outlier"
+    c.corruption.level = 0.0
+    c.corruption.kind = "identity"
+    c.dataset.inlier_classes = tuple(range(500))
+    c.dataset.num_outliers = 600_000
+    c.dataset.num_known_outliers = 20_000
 
 
 def get_config(arg: str | None = None):
@@ -36,28 +47,11 @@ def get_config(arg: str | None = None):
     c.weight_decay = 5e-4
     c.layer_weight_decay = {}
     c.lr_boundaries_epochs = (30, 60)
-    c.noise.kind = "sparse_random"
-    c.noise.level = 0.5
-    c.noise.m = 10
-    c.noise.freeze_epochs = 30
-    c.noise.q_weight_decay = 0.1
+    c.corruption.kind = "sparse_random"
+    c.corruption.level = 0.5
+    c.corruption.m = 10
+    c.q.freeze_epochs = 30
+    c.q.weight_decay = 0.1
     c.eval_every_epochs = 5
     c.checkpoint_every_steps = 2000
-    arg = arg or ""
-    if "outlier" in split_variant(arg):
-        # Section 4.3: N_in = 0.6M inliers, N_out outliers with random labels, 20k known
-        # outliers. Here the open-set protocol stands in for ImageNet Fall 2011: classes
-        # 500-999 are the outlier pool.
-        arg = ",".join(a for a in split_variant(arg) if a != "outlier")
-        c.noise.model = "outlier"
-        c.noise.level = 0.0
-        c.noise.kind = "identity"
-        c.dataset.inlier_classes = tuple(range(500))
-        c.dataset.num_outliers = 600_000
-        c.dataset.num_known_outliers = 20_000
-    if "mesh_model=" in arg:
-        parts = split_variant(arg)
-        value = next(int(p.split("=")[1]) for p in parts if p.startswith("mesh_model="))
-        set_path(c, "mesh.model", value)
-        arg = ",".join(p for p in parts if not p.startswith("mesh_model="))
-    return finalize(c, arg, runlocal)
+    return finalize(c, arg, runlocal, presets={"outlier": outlier})

@@ -12,7 +12,7 @@ def runlocal(c):
     c.dataset.train_size = 1000
     c.dataset.num_test_examples = 1000
     c.num_epochs = 2
-    c.noise.freeze_epochs = 1
+    c.q.freeze_epochs = 1
     c.batch_size = 100
 
 
@@ -23,9 +23,10 @@ def get_config(arg: str | None = None):
     c.dataset.contrast_normalization = True
     c.model.name = "layers18pct"
     c.num_epochs = 100
-    c.noise.freeze_epochs = 5
-    c.noise.q_weight_decay = 0.1
+    c.q.freeze_epochs = 5
+    c.q.weight_decay = 0.1
     c.learning_rate = 0.001
     c.weight_decay = 0.004
     c.layer_weight_decay = {"fc10": 1.0}
+    c.bias_lr_scale = 2.0  # layer-params-18pct: epsB = 2 * epsW
     return finalize(c, arg, runlocal)

@@ -6,34 +6,36 @@ A run is described by one ``ml_collections.ConfigDict``. ``configs/*.py`` files 
 
 Keys (users and scripts rely on these names):
 
-* ``seed``, ``batch_size`` (global), ``num_epochs``, ``learning_rate``, ``momentum``,
-  ``weight_decay``, ``layer_weight_decay`` (``{layer: wc}``), ``lr_boundaries_epochs``,
-  ``lr_decay_factor``: the network's SGD, in the mean-loss convention (cuda-convnet's
-  ``epsW``/``wc`` carry over unchanged; see :mod:`nlnoise.optim`).
+* ``seed``: the network's initialisation and the data order, and (unless set on their own)
+  ``corruption.seed`` and ``dataset.subset_seed``: one number varies a whole run.
+* ``batch_size`` (global), ``num_epochs``, ``learning_rate``, ``momentum``, ``weight_decay``,
+  ``layer_weight_decay`` (``{layer: wc}``), ``lr_boundaries_epochs``, ``lr_decay_factor``,
+  ``bias_lr_scale`` (biases' rate over the kernels'; cuda-convnet's ``epsB / epsW``): the
+  network's SGD, in the mean-loss convention (cuda-convnet's ``epsW``/``wc`` carry over
+  unchanged; see :mod:`nlnoise.optim`).
 * ``model.name`` (a :mod:`nlnoise.models` name), ``model.kwargs``.
-* ``noise.model``: ``none`` | ``learned`` | ``true`` | ``outlier``; ``noise.kind`` (a
-  :func:`nlnoise.noise.make` family), ``noise.level``, ``noise.seed``, ``noise.m``,
-  ``noise.confusion_path``, ``noise.q_path`` (``kind=custom``); ``noise.alpha`` (None: from
-  the outlier counts) and ``noise.alpha_scale``; ``noise.freeze_epochs``;
-  ``noise.q_weight_decay`` (the decay on Q against the *mean* loss's gradient, so Q shrinks by
-  ``q_learning_rate * q_weight_decay`` per step; the paper's 0.1 was against the gradient
-  summed over its batch of 128, i.e. 7.8e-4 here: see :mod:`nlnoise.optim`. The default 0.1
-  pushes Q off the identity within a short CPU schedule and ``lower_on_plateau`` takes its
-  bias back once ``tr(Q)`` settles), ``noise.q_learning_rate`` (None: ``learning_rate``),
-  ``noise.q_momentum``,
-  ``noise.q_grad_clip`` (clip Q's gradient to this global norm, default 10; 0: off),
-  ``noise.q_regularizer``; ``noise.q_init``: ``identity`` (the paper: Q leaves the identity by
-  decay) or ``confusion`` (at the end of the freeze Q is set to ``P(noisy | prediction)``
-  measured over the last ``noise.q_stats_epochs`` epochs of training batches);
-  ``noise.q_decay_rule``: ``constant``, ``lower_on_rise`` (at each evaluation after the
-  freeze, if the noisy training loss rose above its best since the freeze by more than
-  ``noise.q_decay_tolerance`` (relative, default 1%: the paper lowered it when the cost rose
-  "significantly"), the decay on Q is multiplied by ``noise.q_decay_factor``: the paper's
-  manual practice, automated; it needs no clean labels) or ``lower_on_plateau`` (the default:
-  the same, and also once, the first time ``tr(Q)`` moved by less than
-  ``noise.q_plateau_tolerance`` of itself per epoch over the last evaluation window and far
-  less than its fastest since the freeze: the decay has then done its work, and more of it
-  only biases Q; it uses Q alone).
+* ``corruption.*``, how the training labels were corrupted: ``kind`` (a
+  :func:`nlnoise.noise.make` family, ``custom`` for a matrix from ``matrix_path`` (``.npy``
+  ``[K, K]``), or ``given``: the labels are used as they are, nothing is injected), ``level``,
+  ``seed`` (None: ``seed``), ``m`` (``sparse_random``), ``groups`` (``block``: tuples of
+  class ids that flip among themselves), ``confusion_path`` (``adversarial``).
+* ``noise.*``, the noise model on top of the softmax: ``model`` is ``none`` | ``learned`` |
+  ``true`` | ``outlier``; ``alpha`` (None: from the outlier counts) and ``alpha_scale``
+  (outlier model).
+* ``q.*``, how learned Q is trained: ``freeze_epochs`` (Q is the identity until then),
+  ``learning_rate`` (None: the network's schedule), ``momentum``, ``weight_decay`` (against
+  the *mean* loss's gradient, as the network's; the paper's 0.1 is 0.1 here; see
+  :mod:`nlnoise.optim`), ``regularizer`` (``weight_decay`` or ``trace``), ``grad_clip`` (Q's
+  gradient clipped to this global norm; 0: off), ``init`` (``identity``, the paper, or
+  ``confusion``: at the end of the freeze Q is set to ``P(noisy | prediction)`` measured over
+  the last ``stats_epochs`` epochs of training batches), ``decay_rule`` (``constant``, the
+  paper's fixed decay; ``lower_on_rise``: at each evaluation after the freeze, if the noisy
+  training loss rose above its best since the freeze by more than ``decay_tolerance``
+  (relative), the decay is multiplied by ``decay_factor``, as the paper did by hand; or
+  ``lower_on_plateau``, the default: the same, and also once the first time ``tr(Q)`` moved
+  by less than ``plateau_tolerance`` of itself per epoch over the last evaluation window and far
+  less than its fastest since the freeze; see :mod:`nlnoise.q_schedule`). No rule reads a
+  clean label.
 * ``dataset.*``: see :mod:`nlnoise.data`.
 * ``mesh.data`` (-1: all remaining devices), ``mesh.model``; ``mesh.cpu_devices``: on a
   CPU host, split it into this many XLA devices (0, the default: auto, up to 8, the largest
@@ -51,23 +53,21 @@ from __future__ import annotations
 import ast
 import json
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from nlnoise import noise
+
 NOISE_MODELS = ("none", "learned", "true", "outlier")
 Q_DECAY_RULES = ("constant", "lower_on_rise", "lower_on_plateau")
+Q_REGULARIZERS = ("weight_decay", "trace")
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
-
-
-# Keys added after runs were already being made, with the value an older run behaved as. A
-# run whose config.json lacks one is compared (on resume) as if it had set this value.
-LEGACY_VALUES = {"noise.q_grad_clip": 0.0, "mesh.cpu_devices": -1,
-                 "noise.q_plateau_tolerance": 0.01, "dataset.val_size": 0}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -85,33 +85,42 @@ def base_config() -> ml_collections.ConfigDict:
     c.layer_weight_decay = ml_collections.ConfigDict({"fc10": 1.0})
     c.lr_boundaries_epochs = ()
     c.lr_decay_factor = 0.1
+    c.bias_lr_scale = 1.0
 
     c.model = ml_collections.ConfigDict({"name": "layers18pct", "kwargs": {}})
 
+    # How the training labels were corrupted (nothing here is known to the model).
+    c.corruption = ml_collections.ConfigDict()
+    c.corruption.kind = "paper_random"
+    c.corruption.level = 0.5
+    c.corruption.seed = placeholder(int)  # None: the run's seed
+    c.corruption.m = 10
+    c.corruption.groups = placeholder(tuple)
+    c.corruption.confusion_path = placeholder(str)
+    c.corruption.matrix_path = placeholder(str)
+
+    # The noise model on top of the softmax.
     c.noise = ml_collections.ConfigDict()
     c.noise.model = "learned"
-    c.noise.kind = "paper_random"
-    c.noise.level = 0.5
-    c.noise.seed = 0
-    c.noise.m = 10
-    c.noise.confusion_path = placeholder(str)
-    c.noise.q_path = placeholder(str)  # kind=custom: a .npy [K, K] column-stochastic matrix
     c.noise.alpha = placeholder(float)  # None: from the outlier counts of the dataset
     c.noise.alpha_scale = 1.0
-    c.noise.freeze_epochs = 30.0
-    c.noise.q_weight_decay = 0.1
-    c.noise.q_learning_rate = placeholder(float)  # None: the network's learning rate
-    c.noise.q_momentum = 0.0
-    # Q's gradient clipped to global norm 10 (0: off): without it one batch of adversarial
-    # flips threw Q onto two rows at the end of the freeze (docs/results.md, section 4).
-    c.noise.q_grad_clip = 10.0
-    c.noise.q_regularizer = "weight_decay"
-    c.noise.q_init = "identity"
-    c.noise.q_decay_rule = "lower_on_plateau"
-    c.noise.q_decay_factor = 0.1
-    c.noise.q_decay_tolerance = 0.01
-    c.noise.q_plateau_tolerance = 0.01
-    c.noise.q_stats_epochs = 1.0
+
+    # How learned Q is trained.
+    c.q = ml_collections.ConfigDict()
+    c.q.freeze_epochs = 30.0
+    c.q.learning_rate = placeholder(float)  # None: the network's schedule
+    c.q.momentum = 0.0
+    c.q.weight_decay = 0.1
+    c.q.regularizer = "weight_decay"
+    # Without a clip, one batch of adversarial flips can throw every column of Q onto a vertex
+    # (d log(Qp)_j / dQ[j, i] = p_i / (Qp)_j is unbounded; docs/results.md).
+    c.q.grad_clip = 10.0
+    c.q.init = "identity"
+    c.q.stats_epochs = 1.0
+    c.q.decay_rule = "lower_on_plateau"
+    c.q.decay_factor = 0.1
+    c.q.decay_tolerance = 0.01
+    c.q.plateau_tolerance = 0.01
 
     c.dataset = default_dataset_config()
 
@@ -196,35 +205,57 @@ def set_path(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
 
 # Short names accepted in variant strings, e.g. "configs/cifar10.py:noise=0.5,model=learned".
 ALIASES = {
-    "noise": "noise.level",
-    "level": "noise.level",
+    "noise": "corruption.level",
+    "level": "corruption.level",
+    "kind": "corruption.kind",
+    "m": "corruption.m",
     "model": "noise.model",
-    "kind": "noise.kind",
     "alpha": "noise.alpha",
     "alpha_scale": "noise.alpha_scale",
-    "freeze": "noise.freeze_epochs",
-    "q_wd": "noise.q_weight_decay",
+    "freeze": "q.freeze_epochs",
+    "q_wd": "q.weight_decay",
+    "q_lr": "q.learning_rate",
+    "rule": "q.decay_rule",
     "net": "model.name",
     "epochs": "num_epochs",
     "size": "dataset.train_size",
+    "val": "dataset.val_size",
     "batch": "batch_size",
     "lr": "learning_rate",
     "seed": "seed",
+    "mesh_model": "mesh.model",
 }
 
 
-def finalize(cfg: ml_collections.ConfigDict, arg: str | None, runlocal=None
-             ) -> ml_collections.ConfigDict:
-    """Applies ``arg``'s variants, then (if ``runlocal`` is in it) the ``runlocal`` edits.
+Preset = Callable[[ml_collections.ConfigDict], None]
+Derived = Callable[[ml_collections.ConfigDict, Any, dict[str, Any]], None]
 
-    ``runlocal`` is a function editing the config in place into a real run on a small slice of
+
+def finalize(cfg: ml_collections.ConfigDict, arg: str | None, runlocal: Preset | None = None,
+             *, presets: Mapping[str, Preset] | None = None,
+             derived: Mapping[str, tuple[Any, Derived]] | None = None
+             ) -> ml_collections.ConfigDict:
+    """Applies the variant string ``arg`` (``"noise=0.5,model=learned,runlocal"``) to ``cfg``.
+
+    In order: bare flags naming a preset (``runlocal``, and the config file's own ``presets``,
+    e.g. ``outlier``), each a function editing the config in place; then every ``key=value``
+    (dotted config keys or :data:`ALIASES`); then each of the file's ``derived`` keys,
+    ``{name: (default, fn)}``, called as ``fn(cfg, value, variants)`` with the variant's value
+    (or the default) once everything else is set (e.g. a number of outliers from a ratio and the
+    final training-set size). ``runlocal`` turns the config into a real run on a small slice of
     real data that finishes in well under a minute on a 2-core CPU.
     """
+    presets = {"runlocal": runlocal, **(presets or {})}
+    derived = dict(derived or {})
     variants = parse_variant(arg)
-    if variants.pop("runlocal", False) and runlocal is not None:
-        runlocal(cfg)
+    for name, fn in presets.items():
+        if variants.pop(name, False) is True and fn is not None:
+            fn(cfg)
+    late = {name: variants.pop(name, default) for name, (default, _) in derived.items()}
     for key, value in variants.items():
         set_path(cfg, ALIASES.get(key, key), value)
+    for name, value in late.items():
+        derived[name][1](cfg, value, variants)
     return cfg
 
 
@@ -257,7 +288,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
 
     ``num_devices`` (default: ``jax.device_count()``) checks the mesh and batch divisibility.
     """
-    from nlnoise import models, noise
+    from nlnoise import models
 
     _number(cfg, "seed", lo=0, integer=True)
     _number(cfg, "batch_size", lo=1, integer=True)
@@ -275,6 +306,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         if isinstance(wd, bool) or not isinstance(wd, int | float) or wd < 0:
             raise _err(f"layer_weight_decay.{layer}", f"must be a number >= 0, got {wd!r}.")
     _number(cfg, "lr_decay_factor", lo=0, hi=1)
+    _number(cfg, "bias_lr_scale", lo=0, lo_open=True)
     if list(cfg.lr_boundaries_epochs) != sorted(cfg.lr_boundaries_epochs):
         raise _err("lr_boundaries_epochs", "must be increasing epoch numbers.")
 
@@ -282,58 +314,79 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         raise _err("model.name",
                    f"unknown model {cfg.model.name!r}; choose one of {models.MODELS}.")
 
-    n = cfg.noise
-    if n.model not in NOISE_MODELS:
-        raise _err("noise.model", f"must be one of {NOISE_MODELS}, got {n.model!r}.")
-    if n.kind not in (*noise.KINDS, "custom"):
-        raise _err("noise.kind", f"must be one of {(*noise.KINDS, 'custom')}, got {n.kind!r}.")
-    if n.kind == "custom" and not n.q_path:
-        raise _err("noise.q_path", "noise.kind=custom needs the path of a .npy [K, K] "
-                   "column-stochastic matrix (q[j, i] = p(noisy=j | true=i)).")
-    _number(cfg, "noise.level", lo=0, hi=1)
-    _number(cfg, "noise.seed", lo=0, integer=True)
-    _number(cfg, "noise.m", lo=1, integer=True)
-    _number(cfg, "noise.alpha", lo=0, hi=1, optional=True)
-    _number(cfg, "noise.alpha_scale", lo=0, lo_open=True)
-    _number(cfg, "noise.freeze_epochs", lo=0)
-    _number(cfg, "noise.q_weight_decay", lo=0)
-    _number(cfg, "noise.q_learning_rate", lo=0, lo_open=True, optional=True)
-    _number(cfg, "noise.q_momentum", lo=0, hi=1)
-    _number(cfg, "noise.q_grad_clip", lo=0)
-    if n.q_regularizer not in ("weight_decay", "trace"):
-        raise _err("noise.q_regularizer", f"must be 'weight_decay' or 'trace', got "
-                   f"{n.q_regularizer!r}.")
-    if n.q_init not in ("identity", "confusion"):
-        raise _err("noise.q_init", f"must be 'identity' (the paper) or 'confusion', got "
-                   f"{n.q_init!r}.")
-    _number(cfg, "noise.q_stats_epochs", lo=0, lo_open=True)
-    if n.q_decay_rule not in Q_DECAY_RULES:
-        raise _err("noise.q_decay_rule", f"must be one of {Q_DECAY_RULES} ('constant' is the "
-                   f"paper's fixed decay), got {n.q_decay_rule!r}.")
-    _number(cfg, "noise.q_plateau_tolerance", lo=0)
-    _number(cfg, "noise.q_decay_factor", lo=0, hi=1)
-    _number(cfg, "noise.q_decay_tolerance", lo=0)
-    if n.model == "learned" and n.q_init == "confusion" and n.freeze_epochs <= 0:
-        raise _err("noise.freeze_epochs", "q_init='confusion' estimates Q from the network's "
-                   "predictions during the freeze, so freeze_epochs must be > 0.")
-    if n.kind == "adversarial" and not n.confusion_path:
-        raise _err("noise.confusion_path", "noise.kind=adversarial needs the path of a clean "
-                   "model's confusion matrix (.npy, confusion[pred, true]).")
-    if n.model == "true" and n.kind == "identity":
-        raise _err("noise.model", "'true' needs a noise matrix; noise.kind=identity has none. "
-                   "Use noise.model=none for clean data.")
-    if n.model == "outlier" and not cfg.dataset.num_known_outliers and n.alpha is None:
-        raise _err("noise.alpha", "the outlier model needs alpha: set dataset.num_known_outliers "
-                   "> 0 (alpha then follows from the counts) or noise.alpha in [0, 1].")
-    if n.freeze_epochs > cfg.num_epochs:
-        raise _err("noise.freeze_epochs", f"({n.freeze_epochs}) exceeds num_epochs "
-                   f"({cfg.num_epochs}): Q would never be learned.")
+    _validate_corruption(cfg)
+    _validate_noise_model(cfg)
+    _validate_q(cfg)
 
     _number(cfg, "eval_every_epochs", lo=0, lo_open=True)
     _number(cfg, "checkpoint_every_steps", lo=0, integer=True)
     _number(cfg, "keep_checkpoints", lo=1, integer=True)
     _number(cfg, "log_every_steps", lo=1, integer=True)
     _validate_mesh(cfg, num_devices)
+
+
+CORRUPTION_KINDS = (*noise.KINDS, "custom", "given")
+
+
+def _validate_corruption(cfg: ml_collections.ConfigDict) -> None:
+    c = cfg.corruption
+    if c.kind not in CORRUPTION_KINDS:
+        raise _err("corruption.kind", f"must be one of {CORRUPTION_KINDS}, got {c.kind!r}.")
+    if c.kind == "custom" and not c.matrix_path:
+        raise _err("corruption.matrix_path", "corruption.kind=custom needs the path of a .npy "
+                   "[K, K] column-stochastic matrix (q[j, i] = p(noisy=j | true=i)).")
+    if c.kind == "adversarial" and not c.confusion_path:
+        raise _err("corruption.confusion_path", "corruption.kind=adversarial needs the path of "
+                   "a clean model's confusion matrix (.npy, confusion[pred, true]) or of its "
+                   "run's summary.json.")
+    if c.kind == "block" and not c.groups:
+        raise _err("corruption.groups", "corruption.kind=block needs the groups of classes that "
+                   "flip among themselves, e.g. ((0, 2, 4, 6), (5, 7, 9)).")
+    _number(cfg, "corruption.level", lo=0, hi=1)
+    _number(cfg, "corruption.seed", lo=0, integer=True, optional=True)
+    _number(cfg, "corruption.m", lo=1, integer=True)
+
+
+def _validate_noise_model(cfg: ml_collections.ConfigDict) -> None:
+    n = cfg.noise
+    if n.model not in NOISE_MODELS:
+        raise _err("noise.model", f"must be one of {NOISE_MODELS}, got {n.model!r}.")
+    _number(cfg, "noise.alpha", lo=0, hi=1, optional=True)
+    _number(cfg, "noise.alpha_scale", lo=0, lo_open=True)
+    if n.model == "true" and cfg.corruption.kind == "identity":
+        raise _err("noise.model", "'true' needs a noise matrix; corruption.kind=identity has "
+                   "none. Use noise.model=none for clean data.")
+    if n.model == "outlier" and not cfg.dataset.num_known_outliers and n.alpha is None:
+        raise _err("noise.alpha", "the outlier model needs alpha: set dataset.num_known_outliers "
+                   "> 0 (alpha then follows from the counts) or noise.alpha in [0, 1].")
+
+
+def _validate_q(cfg: ml_collections.ConfigDict) -> None:
+    q = cfg.q
+    _number(cfg, "q.freeze_epochs", lo=0)
+    _number(cfg, "q.weight_decay", lo=0)
+    _number(cfg, "q.learning_rate", lo=0, lo_open=True, optional=True)
+    _number(cfg, "q.momentum", lo=0, hi=1)
+    _number(cfg, "q.grad_clip", lo=0)
+    if q.regularizer not in Q_REGULARIZERS:
+        raise _err("q.regularizer", f"must be one of {Q_REGULARIZERS}, got {q.regularizer!r}.")
+    if q.init not in ("identity", "confusion"):
+        raise _err("q.init", f"must be 'identity' (the paper) or 'confusion', got {q.init!r}.")
+    _number(cfg, "q.stats_epochs", lo=0, lo_open=True)
+    if q.decay_rule not in Q_DECAY_RULES:
+        raise _err("q.decay_rule", f"must be one of {Q_DECAY_RULES} ('constant' is the "
+                   f"paper's fixed decay), got {q.decay_rule!r}.")
+    _number(cfg, "q.plateau_tolerance", lo=0)
+    _number(cfg, "q.decay_factor", lo=0, hi=1)
+    _number(cfg, "q.decay_tolerance", lo=0)
+    if cfg.noise.model != "learned":
+        return
+    if q.init == "confusion" and q.freeze_epochs <= 0:
+        raise _err("q.freeze_epochs", "q.init='confusion' estimates Q from the network's "
+                   "predictions during the freeze, so freeze_epochs must be > 0.")
+    if q.freeze_epochs >= cfg.num_epochs:
+        raise _err("q.freeze_epochs", f"({q.freeze_epochs:g}) must be below num_epochs "
+                   f"({cfg.num_epochs}), or Q is never learned; lower it or raise num_epochs.")
 
 
 def check_cpu_devices(cfg: ml_collections.ConfigDict) -> None:

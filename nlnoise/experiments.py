@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 import os
 import sys
 import time
@@ -76,9 +77,10 @@ def _record(name: str, variant: str, cfg, summary: dict[str, Any], workdir: str
     return {
         "cell": name,
         "variant": variant,
+        "seed": cfg.seed,
         "model": cfg.noise.model,
-        "noise_kind": cfg.noise.kind,
-        "noise_level": cfg.noise.level,
+        "noise_kind": cfg.corruption.kind,
+        "noise_level": cfg.corruption.level,
         "train_size": cfg.dataset.train_size,
         "outlier_ratio": (cfg.dataset.num_outliers / cfg.dataset.train_size
                           if cfg.dataset.get("num_outliers") else None),
@@ -150,11 +152,17 @@ def run_grid(
             print(f"[{i + 1}/{len(cells)}] {variant}: {state} ({workdir})", file=sys.stderr)
         t0 = time.time()
         try:
-            full = ",".join(v for v in (base_variant, variant) if v)
-            cfg = load_config(config_path, full)
-            for key, value in (overrides or {}).items():
-                config_lib.set_path(cfg, key, value)
-            summary = train_fn(cfg, workdir)
+            if finished_only:
+                # A report trains nothing and reads what each run records of itself, so it
+                # describes the runs as they were made.
+                summary = _read_summary(workdir)
+                cfg = ml_collections.ConfigDict(summary["config"])
+            else:
+                full = ",".join(v for v in (base_variant, variant) if v)
+                cfg = load_config(config_path, full)
+                for key, value in (overrides or {}).items():
+                    config_lib.set_path(cfg, key, value)
+                summary = train_fn(cfg, workdir)
         except Exception as e:
             if not keep_going:
                 raise
@@ -168,6 +176,13 @@ def run_grid(
                   f"({time.time() - t0:.0f}s)", file=sys.stderr)
         records.append(rec)
     return records
+
+
+def _read_summary(workdir: str) -> dict[str, Any]:
+    import json
+
+    with open(os.path.join(workdir, "summary.json")) as f:
+        return json.load(f)
 
 
 def curves(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -195,28 +210,91 @@ def to_dataframe(records: Iterable[dict[str, Any]]):
     return pd.DataFrame(list(records))
 
 
-def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
-                metric: str = "test_error") -> list[dict[str, Any]]:
-    """Per value of ``by`` and learned cell: how much of the none-to-true gap it closes.
+def without_keys(variant: str, keys: Sequence[str]) -> str:
+    """``variant`` with its ``key=value`` items for ``keys`` removed: the cell's group."""
+    drop = set(keys)
+    parts = [p for p in config_lib.split_variant(variant)
+             if p.strip() and p.partition("=")[0].strip() not in drop]
+    return ",".join(p.strip() for p in parts)
 
-    ``closure = (err_none - err_learned) / (err_none - err_true)``; the paper's ImageNet result
-    is (53.7 - 45.2) / (53.7 - 41.4) = 0.69. Where several ``learned`` cells share a value of
-    ``by`` (recipe variants), each gets its own row, named by its ``variant``. Where ``true``
-    is no better than ``none`` (gap <= 0: nothing to close, as when no model has fitted the
-    flips yet) the closure is NaN rather than a ratio whose sign means nothing.
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    import numpy as np
+
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], np.float64)
+    if not v.size:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
+            "n": int(v.size)}
+
+
+AGGREGATED = ("test_error", "best_test_error", "q_rel_l1", "best_q_rel_l1", "q_trace",
+              "outlier_ap", "best_outlier_ap", "realized_flip_rate", "wall_time_s")
+
+
+def aggregate(table: Sequence[dict[str, Any]], *, over: str = "seed",
+              metrics: Sequence[str] = AGGREGATED) -> list[dict[str, Any]]:
+    """One row per group of cells that differ only in ``over`` (default the seed).
+
+    Each row keeps the group's shared fields (``variant`` without the ``over`` item, model,
+    noise kind and level, ...) and, per metric, ``<metric>`` (the mean), ``<metric>_std``
+    (sample standard deviation, NaN for one cell) and ``n`` (the number of cells with a value).
+    Failed cells are left out.
     """
-    table = [r for r in table if "error" not in r]
-    out = []
-    for value in sorted({r[by] for r in table}):
-        here = [r for r in table if r[by] == value]
-        base = {r["model"]: r[metric] for r in here if r["model"] in ("none", "true")}
-        if len(base) < 2:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in table:
+        if "error" in r:
             continue
-        gap = base["none"] - base["true"]
-        for r in here:
-            if r["model"] != "learned":
+        groups.setdefault(without_keys(r.get("variant", ""), [over]), []).append(r)
+    out = []
+    for group, rows in groups.items():
+        shared = {k: v for k, v in rows[0].items()
+                  if k not in (*metrics, over, "cell", "workdir", "variant")
+                  and all(r.get(k) == v for r in rows)}
+        row: dict[str, Any] = {"variant": group, **shared, "n": len(rows)}
+        for m in metrics:
+            if any(r.get(m) is not None for r in rows):
+                st = _stats([r.get(m) for r in rows])
+                row[m], row[f"{m}_std"] = st["mean"], st["std"]
+        out.append(row)
+    return out
+
+
+def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
+                metric: str = "test_error", over: str = "seed") -> list[dict[str, Any]]:
+    """How much of the none-to-true gap each learned cell closes, per value of ``by``.
+
+    ``closure = (err_none - err_learned) / (err_none - err_true)``, computed within each value of
+    ``over`` (a seed's none, learned and true share their flips) and then averaged over it: the
+    rows hold the means and, as ``<field>_std``, the sample standard deviations, and ``n``. The
+    paper's ImageNet result is (53.7 - 45.2) / (53.7 - 41.4) = 0.69. Where several learned cells
+    share a value of ``by`` (recipe variants), each gets its own row, named by its ``variant``
+    without the ``over`` item. Where ``true`` is no better than ``none`` (gap <= 0: nothing to
+    close, as when no model has fitted the flips yet) that seed's closure is NaN, and the mean is
+    over the other seeds.
+    """
+    table = [r for r in table if "error" not in r and r.get(metric) is not None]
+    per_seed: dict[tuple[Any, str], list[dict[str, float]]] = {}
+    for value in sorted({r[by] for r in table}, key=str):
+        for seed in sorted({r.get(over) for r in table if r[by] == value}, key=str):
+            here = [r for r in table if r[by] == value and r.get(over) == seed]
+            base = {r["model"]: r[metric] for r in here if r["model"] in ("none", "true")}
+            if len(base) < 2:
                 continue
-            out.append({by: value, "variant": r.get("variant"), "none": base["none"],
-                        "learned": r[metric], "true": base["true"], "gap": gap,
-                        "closure": (base["none"] - r[metric]) / gap if gap > 0 else float("nan")})
+            gap = base["none"] - base["true"]
+            for r in here:
+                if r["model"] != "learned":
+                    continue
+                per_seed.setdefault((value, without_keys(r.get("variant", ""), [over])), []).append({
+                    "none": base["none"], "learned": r[metric], "true": base["true"],
+                    "gap": gap,
+                    "closure": (base["none"] - r[metric]) / gap if gap > 0 else float("nan")})
+    out = []
+    for (value, variant), rows in per_seed.items():
+        row: dict[str, Any] = {by: value, "variant": variant}
+        for field in ("none", "learned", "true", "gap", "closure"):
+            st = _stats([r[field] for r in rows])
+            row[field], row[f"{field}_std"] = st["mean"], st["std"]
+        row["n"], row["closure_n"] = len(rows), st["n"]
+        out.append(row)
     return out

@@ -7,18 +7,17 @@ decay, and after every step each column is projected back onto the probability s
 Learning-rate and decay convention: nlnoise's losses are *means* over the batch, and
 ``q_optimizer``'s ``weight_decay`` is the coefficient against that mean gradient: after the
 freeze each step is ``Q <- proj(Q - lr * (grad_mean + weight_decay * Q))``, so Q shrinks by
-``lr * weight_decay`` per step. For the network's layers this is cuda-convnet's convention
-unchanged: it updates ``inc = mom * inc + (epsW / numCases) * sum_n grad_n - wc * epsW * W``,
-so ``epsW`` is our learning rate and ``wc`` our weight decay.
+``lr * weight_decay`` per step. This is cuda-convnet's convention, in which the paper's
+numbers were given: its update ``inc = mom * inc + (epsW / numCases) * sum_n grad_n - wc * epsW
+* W`` applies ``epsW`` to the mean gradient and the weight cost ``wc`` in the same mean units.
+So the paper's "weight decay 0.1 on Q" is ``weight_decay=0.1`` here, the default.
 
-The paper's "weight decay 0.1 on Q" cannot be that mean-loss coefficient. Where the decay
-leaves Q depends on ``weight_decay / prior_i`` (each column's data term scales with its class
-prior, ``decay_fixed_point``): at 0.1 a perfect network would hold a 10-class Q at a trace of
-4.2 for ``tr(Q*) = 5``, and a 1000-class Q nearly uniform (diagonal 0.07 for 0.5), yet the
-paper's ImageNet learned Q worked and its SVHN Q was "negligibly" different from Q*. Both fit
-a decay against the gradient *summed* over its batch of 128, i.e. ``0.1 / 128 = 7.8e-4``
-here (diagonal 0.43 at K=1000, trace 4.99 at K=10). nlnoise keeps the mean-loss coefficient
-and its recipes say which value they use and why (docs/results.md, "The decay on Q").
+What a constant decay does to Q is shown by :func:`decay_fixed_point`: even with a perfect
+network, the decay holds each column of Q away from Q*, toward the uniform distribution, by an
+amount that grows with ``weight_decay / prior_i`` (so with the number of classes). At 0.1 a
+10-class Q settles at a trace of about 4.2 for ``tr(Q*) = 5``. A constant decay therefore
+trades a faster exit from the identity for a lasting bias; the ``lower_on_plateau`` rule
+(:mod:`nlnoise.q_schedule`) lowers it once Q has settled, which takes most of that bias back.
 """
 
 from __future__ import annotations
@@ -163,7 +162,7 @@ def add_q_regularizer(strength: float, kind: str = "weight_decay"
     ``kind="trace"`` adds ``strength * I`` (the gradient of ``strength * tr(Q)``).
     """
     if kind not in ("weight_decay", "trace"):
-        raise ValueError(f"noise.q_regularizer: must be 'weight_decay' or 'trace', got {kind!r}.")
+        raise ValueError(f"q.regularizer: must be 'weight_decay' or 'trace', got {kind!r}.")
 
     def init_fn(params):
         del params
@@ -269,7 +268,9 @@ def q_optimizer(
     by ``wd * I``, the gradient of ``wd * tr(Q)``. Decay is decoupled from momentum.
 
     Args:
-      learning_rate: step size for Q (a float or an optax schedule, counted from step 0).
+      learning_rate: step size for Q: a float, or an optax schedule of the *global* step
+        (counted from step 0, through the freeze), so that Q's rate drops come at the same
+        steps as the network's.
       weight_decay: strength of the regularizer (the paper: 0.1).
       freeze_steps: number of updates during which Q stays bit-for-bit unchanged and the
         inner state (momentum) does not advance.
@@ -283,17 +284,21 @@ def q_optimizer(
         no mass; one such batch can throw every column of Q onto a vertex.
     """
     if grad_clip < 0:
-        raise ValueError(f"noise.q_grad_clip: must be >= 0 (0: off), got {grad_clip}.")
+        raise ValueError(f"q.grad_clip: must be >= 0 (0: off), got {grad_clip}.")
     if weight_decay < 0:
-        raise ValueError(f"noise.q_weight_decay: must be >= 0, got {weight_decay}.")
+        raise ValueError(f"q.weight_decay: must be >= 0, got {weight_decay}.")
     if int(freeze_steps) != freeze_steps or freeze_steps < 0:
         raise ValueError(f"freeze_steps: must be a non-negative integer, got {freeze_steps!r}.")
-    # No stage at all when the clip is off: the optimizer state then has the layout runs had
-    # before noise.q_grad_clip existed, so their checkpoints (compared as q_grad_clip=0, see
-    # config.LEGACY_VALUES) restore.
-    clip = ([optax.clip(grad_clip), optax.clip_by_global_norm(grad_clip)] if grad_clip else [])
+    # Off is two identities, so that the optimizer state has one layout either way.
+    clip = (optax.chain(optax.clip(grad_clip), optax.clip_by_global_norm(grad_clip))
+            if grad_clip else optax.chain(optax.identity(), optax.identity()))
+    if freeze_steps and callable(learning_rate):
+        # conditionally_mask advances the inner chain's step count only on unfrozen steps, so
+        # the inner count is the global step minus the freeze.
+        schedule = learning_rate
+        learning_rate = lambda count: schedule(count + freeze_steps)
     inner = optax.chain(
-        *clip,
+        clip,
         optax.trace(decay=momentum) if momentum else optax.identity(),
         add_q_regularizer(weight_decay, regularizer),
         optax.scale_by_learning_rate(learning_rate),
@@ -315,11 +320,14 @@ def net_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     layer_weight_decay: Mapping[str, float] | None = None,
+    bias_lr_scale: float = 1.0,
 ) -> optax.GradientTransformation:
     """SGD with momentum and (coupled, cuda-convnet style) weight decay on the network's kernels.
 
     ``layer_weight_decay`` maps a top-level layer name (e.g. ``"fc10"``) to its own decay, as
     cuda-convnet's per-layer ``wc``; other kernels use ``weight_decay``; biases get none.
+    ``bias_lr_scale`` multiplies the learning rate of biases (1-D leaves): cuda-convnet's
+    layers-18pct sets ``epsB = 2 * epsW``, i.e. 2.
     """
     layer_weight_decay = dict(layer_weight_decay or {})
 
@@ -346,9 +354,14 @@ def net_optimizer(
         )
         return decayed, state
 
+    def biases(params):
+        return jax.tree_util.tree_map_with_path(lambda path, p: not _is_kernel(path, p), params)
+
     return optax.chain(
         optax.GradientTransformation(init_fn, update_fn),
         optax.sgd(learning_rate, momentum=momentum or None),
+        # SGD is linear in the rate, so scaling a bias's step scales its rate.
+        optax.masked(optax.scale(bias_lr_scale), biases),
     )
 
 

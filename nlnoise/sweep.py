@@ -28,7 +28,7 @@ from nlnoise import experiments
 
 DEFAULT_SWEEPS = "configs/sweeps.py"
 # Grid keys -> the record field plotted on the x axis.
-RECORD_KEYS = {"noise": "noise_level", "level": "noise_level", "noise.level": "noise_level",
+RECORD_KEYS = {"noise": "noise_level", "level": "noise_level", "corruption.level": "noise_level",
                "size": "train_size", "dataset.train_size": "train_size", "ratio": "outlier_ratio"}
 
 
@@ -99,32 +99,74 @@ def select(cells: Sequence[experiments.Cell], patterns: Sequence[str]
     return [c for c in cells if all(p in text(c) for p in plain)]
 
 
-def markdown(table: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A markdown table of the records; errors in percent, missing values blank."""
-    def fmt(key: str, v: Any) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        if key in ("test_error", "best_test_error", "noisy_train_error", "realized_flip_rate"):
-            return f"{100 * v:.2f}"
-        if key == "wall_time_s":
-            return f"{v / 60:.1f}"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
+PERCENT = ("test_error", "best_test_error", "noisy_train_error", "realized_flip_rate", "none",
+           "learned", "true", "gap")
+NAMES = {"test_error": "clean test error (%)", "noisy_train_error": "noisy train error (%)",
+         "best_test_error": "clean test error at best_epoch (%)",
+         "realized_flip_rate": "realized flips (%)", "wall_time_s": "wall (min)",
+         "none": "none (%)", "learned": "learned (%)", "true": "true (%)", "gap": "gap (%)"}
 
-    names = {"test_error": "clean test error (%)", "noisy_train_error": "noisy train error (%)",
-             "best_test_error": "clean test error at best_epoch (%)",
-             "realized_flip_rate": "realized flips (%)", "wall_time_s": "wall (min)"}
-    head = [names.get(c, c) for c in columns]
+
+def _fmt(key: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if key in PERCENT:
+        return f"{100 * v:.2f}"
+    if key == "wall_time_s":
+        return f"{v / 60:.1f}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown(table: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A markdown table of the records; errors in percent, missing values blank. Where a row
+    has ``<column>_std`` (an aggregate over seeds), the cell reads ``mean ± std``."""
+    def cell(r: dict[str, Any], c: str) -> str:
+        text = _fmt(c, r.get(c))
+        std = r.get(f"{c}_std")
+        if text and std is not None and not math.isnan(std):
+            text += f" ± {_fmt(c, std)}"
+        return text
+
+    head = [NAMES.get(c, c) for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(fmt(c, r.get(c)) for c in columns) + " |" for r in table]
+    lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in table]
     return "\n".join(lines) + "\n"
 
 
-COLUMNS = ("variant", "noise_kind", "noise_level", "train_size", "outlier_ratio", "model", "alpha",
-           "test_error", "q_rel_l1", "q_trace", "q_star_trace", "outlier_ap",
-           "best_epoch", "best_test_error", "best_q_rel_l1",
+COLUMNS = ("variant", "seed", "noise_kind", "noise_level", "train_size", "outlier_ratio",
+           "model", "alpha", "test_error", "q_rel_l1", "q_trace", "q_star_trace", "outlier_ap",
+           "best_epoch", "best_test_error", "best_q_rel_l1", "best_outlier_ap",
            "realized_flip_rate", "epochs", "wall_time_s", "error")
+AGGREGATE_COLUMNS = ("variant", "noise_kind", "noise_level", "model", "n", "test_error",
+                     "best_test_error", "q_rel_l1", "best_q_rel_l1", "outlier_ap",
+                     "best_outlier_ap", "realized_flip_rate")
+
+
+def report_text(table: Sequence[dict[str, Any]], x: str) -> str:
+    """The markdown report of a sweep: every cell; the mean and standard deviation over seeds
+    where a group of cells differs only in its seed; and the share of the none-to-true gap that
+    learned Q closes, after the last epoch and at the label-free early-stopped epoch."""
+    cols = [c for c in COLUMNS if any(r.get(c) is not None for r in table)]
+    text = markdown(table, cols)
+    groups = experiments.aggregate(table)
+    if any(g["n"] > 1 for g in groups):
+        acols = [c for c in AGGREGATE_COLUMNS if any(g.get(c) is not None for g in groups)]
+        text += ("\nMean ± standard deviation over seeds (n cells per row):\n\n"
+                 + markdown(groups, acols))
+    for metric, when in (("test_error", "after the last epoch"),
+                         ("best_test_error", "at the epoch the held-out noisy loss selects")):
+        if not all(r.get(metric) is not None for r in table if "error" not in r):
+            continue
+        closure = experiments.gap_closure(table, by=x, metric=metric)
+        if not closure:
+            continue
+        text += (f"\nClean test error {when} and the share of the none-to-true gap that "
+                 "learned Q closes (per seed, then mean ± std over seeds; n seeds):\n\n"
+                 + markdown(closure, [x, "variant", "n", "none", "learned", "true", "gap",
+                                      "closure"]))
+    return text
 
 
 def report(name: str, directory: str, table: Sequence[dict[str, Any]], x: str) -> list[str]:
@@ -132,27 +174,11 @@ def report(name: str, directory: str, table: Sequence[dict[str, Any]], x: str) -
     ``tr(Q)`` against epoch, per cell); returns the paths."""
     from nlnoise import plots
 
-    cols = [c for c in COLUMNS if any(r.get(c) is not None for r in table)]
     paths = [os.path.join(directory, f"{name}.{e}") for e in ("json", "md", "png")]
     with open(paths[0], "w") as f:
         json.dump(list(table), f, indent=1, default=str)
-    text = markdown(table, cols)
-    for metric, when in (("test_error", "after the last epoch"),
-                         ("best_test_error", "at the epoch the held-out noisy loss selects")):
-        if x not in ("noise_level", "train_size") or not all(r.get(metric) is not None
-                                                             for r in table):
-            continue
-        closure = experiments.gap_closure(table, by=x, metric=metric)
-        if not closure:
-            continue
-        pct = [{**r, **{f"{k} (%)": 100 * r[k] for k in ("none", "learned", "true", "gap")}}
-               for r in closure]
-        text += (f"\nClean test error {when} and the share of the none-to-true gap that "
-                 "learned Q closes:\n\n" + markdown(pct, [x, "variant", "none (%)",
-                                                          "learned (%)", "true (%)", "gap (%)",
-                                                          "closure"]))
     with open(paths[1], "w") as f:
-        f.write(text)
+        f.write(report_text(table, x))
     if all(isinstance(r.get(x), int | float) for r in table) and table:
         plots.error_vs_noise(table, paths[2], x=x, title=name)
     else:

@@ -368,7 +368,8 @@ def resolve_run(cfg: ml_collections.ConfigDict, ds) -> RunSpec:
         if num_outputs == k + 1:  # known outliers keep their label K
             q_true = np.pad(q_true, ((0, 1), (0, 1)))
             q_true[k, k] = 1.0
-    elif cfg.noise.kind == "identity" or not cfg.noise.level:
+    elif cfg.corruption.kind == "identity" or (not cfg.corruption.level
+                                                and cfg.corruption.kind != "given"):
         # No flips were injected: the noise process is the identity (the level-0 point of a
         # noise sweep, where `true` and `learned` start from the same Q as `none`).
         q_true = np.eye(num_outputs)
@@ -393,15 +394,15 @@ def resolve_run(cfg: ml_collections.ConfigDict, ds) -> RunSpec:
     total = spe * cfg.num_epochs
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
-    freeze = round(cfg.noise.freeze_epochs * spe)
-    confusion = cfg.noise.model == "learned" and cfg.noise.q_init == "confusion"
+    freeze = round(cfg.q.freeze_epochs * spe)
+    confusion = cfg.noise.model == "learned" and cfg.q.init == "confusion"
     return RunSpec(
         num_classes=k, num_outputs=num_outputs, q_true=q_true,
         q_init=noise.validate_transition(q_init, num_outputs, name="noise (initial Q)"),
         steps_per_epoch=spe, total_steps=total,
         freeze_steps=freeze, alpha=alpha,
         q_init_step=freeze if confusion else -1,
-        q_stats_from=max(0, freeze - round(cfg.noise.q_stats_epochs * spe)),
+        q_stats_from=max(0, freeze - round(cfg.q.stats_epochs * spe)),
     )
 
 
@@ -410,37 +411,49 @@ def build_optimizer(cfg: ml_collections.ConfigDict, spec: RunSpec) -> optax.Grad
     lr = optim.schedule_from_epochs(cfg.learning_rate, spec.steps_per_epoch,
                                     tuple(cfg.lr_boundaries_epochs), cfg.lr_decay_factor)
     net_tx = optim.net_optimizer(lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                 layer_weight_decay=dict(cfg.layer_weight_decay))
+                                 layer_weight_decay=dict(cfg.layer_weight_decay),
+                                 bias_lr_scale=cfg.bias_lr_scale)
     q_tx = None
     if cfg.noise.model == "learned":
-        q_lr = cfg.noise.q_learning_rate if cfg.noise.q_learning_rate is not None else lr
-        q_tx = optim.q_optimizer(q_lr, weight_decay=cfg.noise.q_weight_decay,
+        q_lr = cfg.q.learning_rate if cfg.q.learning_rate is not None else lr
+        q_tx = optim.q_optimizer(q_lr, weight_decay=cfg.q.weight_decay,
                                  freeze_steps=spec.freeze_steps,
-                                 momentum=cfg.noise.q_momentum or None,
-                                 regularizer=cfg.noise.q_regularizer,
-                                 grad_clip=cfg.noise.q_grad_clip)
+                                 momentum=cfg.q.momentum or None,
+                                 regularizer=cfg.q.regularizer,
+                                 grad_clip=cfg.q.grad_clip)
     return optim.train_state_optimizer(net_tx, q_tx)
 
 
 def load_dataset(cfg: ml_collections.ConfigDict):
-    """Loads the dataset with the config's label noise (flip settings come from ``noise``)."""
+    """Loads the dataset with the config's label corruption (``corruption.*``).
+
+    ``corruption.seed`` and ``dataset.subset_seed`` left at None follow ``seed``, so varying
+    ``seed`` alone varies the flips, the subsets and the network together.
+    """
     from nlnoise import data
 
+    c = cfg.corruption
     kwargs: dict[str, Any] = {}
-    if cfg.noise.kind == "sparse_random":
-        kwargs["m"] = cfg.noise.m
-    if cfg.noise.kind == "adversarial":
-        kwargs["confusion"] = _load_confusion(cfg.noise.confusion_path)
-    if cfg.noise.kind == "custom":
-        kwargs["q"] = cfg.noise.q_path
-    return data.load(cfg.dataset, noise_kind=cfg.noise.kind, noise_level=cfg.noise.level,
-                     noise_seed=cfg.noise.seed, noise_kwargs=kwargs)
+    if c.kind == "sparse_random":
+        kwargs["m"] = c.m
+    if c.kind == "block":
+        kwargs["groups"] = tuple(tuple(g) for g in c.groups)
+    if c.kind == "adversarial":
+        kwargs["confusion"] = _load_confusion(c.confusion_path)
+    if c.kind == "custom":
+        kwargs["q"] = c.matrix_path
+    dataset_cfg = cfg.dataset.to_dict()
+    if dataset_cfg.get("subset_seed") is None:
+        dataset_cfg["subset_seed"] = cfg.seed
+    return data.load(dataset_cfg, noise_kind="identity" if c.kind == "given" else c.kind,
+                     noise_level=c.level, noise_seed=cfg.seed if c.seed is None else c.seed,
+                     noise_kwargs=kwargs)
 
 
 def _load_confusion(path: str) -> np.ndarray:
     if not path or not os.path.exists(path):
         raise config_lib.ConfigError(
-            f"noise.confusion_path: no file at {path!r}. Train a clean model and save its "
+            f"corruption.confusion_path: no file at {path!r}. Train a clean model and save its "
             "confusion matrix (confusion[pred, true], .npy or .json) there, or point at that "
             "run's summary.json.")
     if path.endswith(".json"):
@@ -449,7 +462,7 @@ def _load_confusion(path: str) -> np.ndarray:
         if isinstance(obj, dict):  # a finished run's summary.json
             if obj.get("test_confusion") is None:
                 raise config_lib.ConfigError(
-                    f"noise.confusion_path: {path} has no 'test_confusion' (a summary.json of "
+                    f"corruption.confusion_path: {path} has no 'test_confusion' (a summary.json of "
                     "a finished run has it); give a run's summary.json or a [K, K] matrix.")
             obj = obj["test_confusion"]
         return np.asarray(obj, dtype=np.float64)
@@ -652,7 +665,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     train_fn, eval_fns = _jitted_loop_fns(mesh, state_sh, acc_sh)
     set_decay_scale = jax.jit(lambda opt, s: optax.tree.set(opt, q_decay_scale=s),
                               out_shardings=state_sh.opt_state, donate_argnums=(0,))
-    use_rule = cfg.noise.model == "learned" and cfg.noise.q_decay_rule != "constant"
+    use_rule = cfg.noise.model == "learned" and cfg.q.decay_rule != "constant"
     # Made by jit, not device_put: device_put of host scalars onto a multi-process mesh gives
     # arrays that orbax cannot save (jax 0.10.2).
     zero_acc = jax.jit(_zero_acc, out_shardings=acc_sh)
@@ -727,15 +740,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                     since = [*(r for r in records if r["step"] - eval_every
                                >= spec.freeze_steps), record]
                     new = next_decay_scale([r["train_loss"] for r in since], scale,
-                                           factor=cfg.noise.q_decay_factor,
-                                           tolerance=cfg.noise.q_decay_tolerance)
+                                           factor=cfg.q.decay_factor,
+                                           tolerance=cfg.q.decay_tolerance)
                     # The plateau lowers the decay once: after that the decay only has to
                     # hold Q, and more cuts would leave it to drift back as the net memorises.
-                    if (new == scale == 1.0 and cfg.noise.q_decay_rule == "lower_on_plateau"
+                    if (new == scale == 1.0 and cfg.q.decay_rule == "lower_on_plateau"
                             and trace_plateaued([r["q_trace"] for r in since],
                                                 [r["epoch"] for r in since],
-                                                cfg.noise.q_plateau_tolerance)):
-                        new = scale * cfg.noise.q_decay_factor
+                                                cfg.q.plateau_tolerance)):
+                        new = scale * cfg.q.decay_factor
                     if new != scale:
                         state = state.replace(opt_state=set_decay_scale(state.opt_state, new))
                         log.info("noisy train loss rose or tr(Q) settled at step %d: decay on "
@@ -789,7 +802,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
         "params_sha256": params_digest(params),
         "q_true": None if spec.q_true is None else spec.q_true.tolist(),
         # confusion[pred, true] on the clean test set after the last step: the input of an
-        # adversarial Q* (noise.kind=adversarial, noise.confusion_path=<this summary.json>).
+        # adversarial Q* (corruption.kind=adversarial, corruption.confusion_path=<this summary.json>).
         "test_confusion": None if last_confusion is None else last_confusion.tolist(),
         "config": cfg.to_dict(),
     }

@@ -103,23 +103,6 @@ def _comparable(cfg_dict: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, 
     return d
 
 
-def _fill_legacy(old: dict, legacy: dict[str, Any]) -> dict:
-    """``old`` with every key of ``legacy`` (dotted) it lacks set to its legacy value.
-
-    A run made before a config key existed behaved as that value, so it is compared as such:
-    it resumes when the new config keeps that behaviour, and is a different run otherwise.
-    """
-    out = json.loads(json.dumps(old))
-    for dotted, value in legacy.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf not in node:
-            node[leaf] = value
-    return out
-
-
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
@@ -157,7 +140,6 @@ class RunDir:
         with open(self.config_path) as f:
             old = json.load(f)["config"]
         new = json.loads(config_lib.to_json(cfg))
-        old = _fill_legacy(old, config_lib.LEGACY_VALUES)
         diff = _diff(_comparable(old, ignore), _comparable(new, ignore))
         if not diff:
             same_length = all(old.get(k) == new.get(k) for k in ("num_epochs", "max_steps"))

@@ -30,13 +30,13 @@ def test_cell_names_are_readable_distinct_and_safe():
     names = {experiments.cell_name(c) for c in cells}
     assert len(names) == 4
     assert experiments.cell_name("noise=0.5,model='learned'") == "noise-0.5__model-learned"
-    assert "/" not in experiments.cell_name("noise.confusion_path='/a/b.json'")
+    assert "/" not in experiments.cell_name("corruption.confusion_path='/a/b.json'")
     assert experiments.split_cell(("x=1 y", "v=1")) == ("x-1_y", "v=1")
 
 
 def test_load_config_accepts_path_colon_variant():
     cfg = experiments.load_config(DIGITS + ":noise=0.3,model=none")
-    assert (cfg.noise.level, cfg.noise.model) == (0.3, "none")
+    assert (cfg.corruption.level, cfg.noise.model) == (0.3, "none")
     with pytest.raises(config_lib.ConfigError, match="no file"):
         experiments.load_config("configs/nope.py")
 
@@ -118,13 +118,13 @@ def test_stopped_cell_is_continued_from_its_checkpoint_not_retrained(tmp_path):
 
 def test_bad_cell_fails_loudly_or_is_recorded_with_keep_going(tmp_path):
     grid = ["noise=1.5", "noise=0.5,model='none'"]
-    with pytest.raises(config_lib.ConfigError, match="noise.level"):
+    with pytest.raises(config_lib.ConfigError, match="corruption.level"):
         experiments.run_grid(DIGITS, grid, root=str(tmp_path), base_variant=BASE,
                              overrides=QUIET, verbose=False)
     assert not os.listdir(tmp_path)  # nothing written for the rejected cell
     table = experiments.run_grid(DIGITS, grid, root=str(tmp_path), base_variant=BASE,
                                  overrides=QUIET, keep_going=True, verbose=False)
-    assert "noise.level" in table[0]["error"] and table[1]["test_error"] < 0.9
+    assert "corruption.level" in table[0]["error"] and table[1]["test_error"] < 0.9
 
 
 def test_record_carries_the_evaluation_the_held_out_noisy_loss_selects(tmp_path):
@@ -142,10 +142,10 @@ def test_placeholders_reach_the_variant_but_not_the_cell_name(tmp_path):
     seen = []
 
     def fake_train(cfg, workdir):
-        seen.append((cfg.noise.q_path, workdir))
+        seen.append((cfg.corruption.matrix_path, workdir))
         return {"final": {"test_error": 0.5}}
 
-    experiments.run_grid(DIGITS, [("custom", "kind='custom',noise.q_path='{root}/q.npy'")],
+    experiments.run_grid(DIGITS, [("custom", "kind='custom',corruption.matrix_path='{root}/q.npy'")],
                          root=str(tmp_path), train_fn=fake_train, verbose=False,
                          placeholders={"{root}": str(tmp_path)})
     assert seen == [(f"{tmp_path}/q.npy", os.path.join(str(tmp_path), "custom"))]
@@ -178,3 +178,34 @@ def test_gap_closure_is_undefined_when_true_is_no_better_than_none():
              {"noise_level": 0.5, "model": "true", "test_error": 0.53}]
     (row,) = experiments.gap_closure(table)
     assert row["gap"] == pytest.approx(-0.03) and np.isnan(row["closure"])
+
+
+def test_gap_closure_over_seeds_pairs_each_seeds_cells_then_averages():
+    table = []
+    for seed, (n, l, t) in enumerate([(0.30, 0.20, 0.10), (0.40, 0.30, 0.20), (0.3, 0.3, 0.4)]):
+        for model, err in (("none", n), ("learned", l), ("true", t)):
+            table.append({"noise_level": 0.5, "model": model, "test_error": err, "seed": seed,
+                          "variant": f"seed={seed},model='{model}'"})
+    (row,) = experiments.gap_closure(table)
+    # Seeds 0 and 1 close half the gap; seed 2's true is worse than none: no closure.
+    assert row["closure"] == pytest.approx(0.5) and row["closure_std"] == pytest.approx(0.0)
+    assert (row["n"], row["closure_n"]) == (3, 2)
+    assert row["variant"] == "model='learned'"
+    assert row["none"] == pytest.approx(np.mean([0.30, 0.40, 0.3]))
+
+
+def test_aggregate_gives_mean_std_and_n_per_group_of_seeds():
+    table = [{"variant": f"seed={s},noise=0.5,model='none'", "seed": s, "model": "none",
+              "noise_level": 0.5, "test_error": e, "cell": f"c{s}"}
+             for s, e in enumerate([0.1, 0.2, 0.3])]
+    table.append({"cell": "bad", "variant": "seed=3,noise=0.5,model='none'", "error": "x"})
+    (row,) = experiments.aggregate(table)
+    assert row["variant"] == "noise=0.5,model='none'" and row["n"] == 3
+    assert row["test_error"] == pytest.approx(0.2)
+    assert row["test_error_std"] == pytest.approx(0.1)
+    assert row["model"] == "none" and "seed" not in row and "cell" not in row
+
+
+def test_without_keys_keeps_bracketed_values():
+    assert experiments.without_keys("seed=1,groups=((0,1),(2,3)),model='x'", ["seed"]) == (
+        "groups=((0,1),(2,3)),model='x'")

@@ -37,7 +37,7 @@ def test_cli_reports_the_selected_epoch_and_where_its_parameters_are(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--config=configs/digits.py", "--config.noise.level=1.5"], "noise.level"),
+        (["--config=configs/digits.py", "--config.corruption.level=1.5"], "corruption.level"),
         (["--config=configs/digits.py", "--config.noise.modle=none"], "noise.modle"),
         (["--config=configs/digits.py:noize=0.3"], "noize"),
         (["--config=configs/digits.py", "--config.dataset.train_size=999999"],

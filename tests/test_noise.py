@@ -118,7 +118,7 @@ def test_levels_outside_unit_interval_are_rejected(bad):
 
 
 def test_make_unknown_kind_and_missing_confusion():
-    with pytest.raises(noise.NoiseMatrixError, match="noise.kind"):
+    with pytest.raises(noise.NoiseMatrixError, match="corruption.kind"):
         noise.make("gaussian", 3, 0.1)
     with pytest.raises(noise.NoiseMatrixError, match="confusion"):
         noise.make("adversarial", 3, 0.1)

@@ -200,7 +200,7 @@ def test_trace_regularizer_also_diffuses():
         q = optax.apply_updates(q, u)
     assert float(jnp.trace(q)) < 3 - 0.1
     np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-6)
-    with pytest.raises(ValueError, match="q_regularizer"):
+    with pytest.raises(ValueError, match="q.regularizer"):
         optim.q_optimizer(0.1, regularizer="nuclear")
 
 
@@ -257,22 +257,34 @@ def test_q_grad_clip_bounds_a_huge_gradient_and_leaves_small_ones_alone():
     clipped = optim.q_optimizer(0.01, weight_decay=0.1, grad_clip=10.0)
     np.testing.assert_array_equal(plain.update(small, plain.init(q), q)[0],
                                   clipped.update(small, clipped.init(q), q)[0])
-    with pytest.raises(ValueError, match="noise.q_grad_clip"):
+    with pytest.raises(ValueError, match="q.grad_clip"):
         optim.q_optimizer(0.01, grad_clip=-1.0)
 
 
-def test_q_optimizer_without_clip_keeps_the_state_layout_of_runs_made_before_the_clip():
-    """Runs from before noise.q_grad_clip resume as q_grad_clip=0 (config.LEGACY_VALUES), so
-    their checkpoints' optimizer state must restore: same tree as the chain of that time."""
+def test_q_optimizer_state_layout_does_not_depend_on_the_clip():
+    """Switching the clip on or off changes numbers, never the checkpointed state's tree."""
     q = jnp.eye(4)
-    before = optax.transforms.conditionally_mask(
-        optax.chain(optax.identity(), optim.add_q_regularizer(0.1, "weight_decay"),
-                    optax.scale_by_learning_rate(0.01), optim.project_columns_to_simplex()),
-        lambda step: step >= 5)
-    now = optim.q_optimizer(0.01, weight_decay=0.1, freeze_steps=5, grad_clip=0.0)
-    assert jax.tree.structure(now.init(q)) == jax.tree.structure(before.init(q))
+    plain = optim.q_optimizer(0.01, weight_decay=0.1, freeze_steps=5, grad_clip=0.0)
     clipped = optim.q_optimizer(0.01, weight_decay=0.1, freeze_steps=5, grad_clip=10.0)
-    assert jax.tree.structure(clipped.init(q)) != jax.tree.structure(before.init(q))
+    assert jax.tree.structure(plain.init(q)) == jax.tree.structure(clipped.init(q))
+
+
+@pytest.mark.parametrize("freeze", [0, 3])
+def test_q_learning_rate_schedule_counts_global_steps_through_the_freeze(freeze):
+    """A schedule of 0.1 until step 5 and 0 after: Q may move at steps [freeze, 5) only, and
+    must stand still from step 5 on, however long the freeze was."""
+    schedule = optax.piecewise_constant_schedule(0.1, {5: 0.0})
+    tx = optim.q_optimizer(schedule, weight_decay=0.5, freeze_steps=freeze)
+    q = jnp.eye(4)
+    state = tx.init(q)
+    grad = -jnp.ones((4, 4)) * 0.1
+    traces = [float(jnp.trace(q))]
+    for _ in range(9):
+        updates, state = tx.update(grad, state, q)
+        q = optax.apply_updates(q, updates)
+        traces.append(float(jnp.trace(q)))
+    moved = [traces[t + 1] != traces[t] for t in range(9)]
+    assert moved == [freeze <= t < 5 for t in range(9)]
 
 
 @pytest.mark.parametrize("regularizer", ["weight_decay", "trace"])

@@ -143,16 +143,16 @@ def bad_files(tmp_path_factory):
 
 
 BAD_INPUTS = [
-    ("noise.level", 1.2, "noise.level"),
-    ("noise.level", -0.5, "noise.level"),
+    ("corruption.level", 1.2, "corruption.level"),
+    ("corruption.level", -0.5, "corruption.level"),
     ("noise.alpha", 1.5, "noise.alpha"),
     ("noise.alpha_scale", 0.0, "noise.alpha_scale"),
     ("noise.model", "magic", "noise.model"),
-    ("noise.kind", "gaussian", "noise.kind"),
-    ("noise.kind", "custom", "noise.q_path"),
-    ("noise.q_regularizer", "nuclear", "noise.q_regularizer"),
-    ("noise.q_init", "random", "noise.q_init"),
-    ("noise.freeze_epochs", 99.0, "noise.freeze_epochs"),
+    ("corruption.kind", "gaussian", "corruption.kind"),
+    ("corruption.kind", "custom", "corruption.matrix_path"),
+    ("q.regularizer", "nuclear", "q.regularizer"),
+    ("q.init", "random", "q.init"),
+    ("q.freeze_epochs", 99.0, "q.freeze_epochs"),
     ("batch_size", 63, "batch_size"),  # not divisible by the 4 data devices
     ("learning_rate", -0.1, "learning_rate"),
     ("momentum", 1.5, "momentum"),
@@ -180,8 +180,8 @@ def test_bad_input_is_rejected_before_training_and_leaves_no_output(tmp_path, ba
     if field.startswith("file:"):
         name = field[5:]
         if name.endswith(".npy"):
-            config.set_path(cfg, "noise.kind", "custom")
-            config.set_path(cfg, "noise.q_path", str(bad_files / name))
+            config.set_path(cfg, "corruption.kind", "custom")
+            config.set_path(cfg, "corruption.matrix_path", str(bad_files / name))
         else:
             config.set_path(cfg, "dataset.name", "fashion_mnist")
             config.set_path(cfg, "dataset.data_dir", str(bad_files / name))

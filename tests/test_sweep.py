@@ -25,7 +25,7 @@ def test_parse_grid_reads_literals_and_rejects_malformed_text():
 
 def test_every_named_sweep_builds_valid_configs():
     sweeps = sweep.load_sweeps(SWEEPS)
-    assert {"fashion_noise", "fashion_size", "fashion_structured", "cifar_noise",
+    assert {"main_seeds", "fashion_memorise", "fashion_structured", "heldout_fashion",
             "cifar_outlier"} <= set(sweeps)
     for name, s in sweeps.items():
         for cell in experiments.expand(s["grid"]):
@@ -33,21 +33,34 @@ def test_every_named_sweep_builds_valid_configs():
             variant = variant.replace("{root}", "/tmp/r")
             cfg = experiments.load_config(str(REPO / s["config"]),
                                           ",".join(v for v in (s["base"], variant) if v))
-            if cfg.noise.kind != "adversarial":  # needs the clean cell's summary on disk
+            if cfg.corruption.kind != "adversarial":  # needs the clean cell's summary on disk
                 config_lib.validate(cfg)
             assert cfg.num_epochs >= 1, name
 
 
-def test_sweeps_of_one_dataset_share_cells():
+def test_headline_sweeps_vary_every_seed_together():
     sweeps = sweep.load_sweeps(SWEEPS)
-    noise = {experiments.split_cell(c)[0] for c in experiments.expand(sweeps["fashion_noise"]
-                                                                      ["grid"])}
-    size = {experiments.split_cell(c)[0] for c in experiments.expand(sweeps["fashion_size"]
-                                                                     ["grid"])}
-    structured = {experiments.split_cell(c)[0]
-                  for c in experiments.expand(sweeps["fashion_structured"]["grid"])}
-    assert len(noise & size) == 3  # 60k at 50%: trained once for both figures
-    assert "size-60000__noise-0.0__model-none" in noise & structured
+    s = sweeps["fashion_memorise"]
+    cfgs = [experiments.load_config(str(REPO / s["config"]), f"{s['base']},{v}")
+            for _, v in map(experiments.split_cell, experiments.expand(s["grid"]))]
+    assert sorted({c.seed for c in cfgs}) == [0, 1, 2]
+    assert all(c.corruption.seed is None and c.dataset.subset_seed is None for c in cfgs)
+    assert all(c.dataset.val_size > 0 for c in cfgs)  # label-free early stopping everywhere
+
+
+def test_heldout_sweep_shares_no_seed_or_noise_family_with_the_tuning_cells():
+    sweeps = sweep.load_sweeps(SWEEPS)
+
+    def configs(name):
+        s = sweeps[name]
+        return [experiments.load_config(str(REPO / s["config"]),
+                                        f"{s['base']},{v}".replace("{root}", "/tmp/r"))
+                for _, v in map(experiments.split_cell, experiments.expand(s["grid"]))]
+
+    tuning = configs("fashion_memorise") + configs("fashion_structured")
+    held = configs("heldout_fashion")
+    assert {c.seed for c in held}.isdisjoint({c.seed for c in tuning})
+    assert {c.corruption.kind for c in held}.isdisjoint({c.corruption.kind for c in tuning})
 
 
 def test_select_filters_cells_by_text():
@@ -60,8 +73,8 @@ def test_select_filters_cells_by_text():
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert sweep.main(["--grid=nope", f"--sweeps={SWEEPS}"]) == 2
     err = capsys.readouterr().err
-    assert "no sweep named 'nope'" in err and "fashion_noise" in err
-    assert sweep.main(["--grid=fashion_noise", f"--sweeps={SWEEPS}", "--only=zzz",
+    assert "no sweep named 'nope'" in err and "fashion_memorise" in err
+    assert sweep.main(["--grid=fashion_memorise", f"--sweeps={SWEEPS}", "--only=zzz",
                        f"--root={tmp_path}"]) == 2
     assert "matches none" in capsys.readouterr().err
     assert sweep.main(["--config=configs/digits.py", "--grid=noise"]) == 2
@@ -88,20 +101,3 @@ def test_real_adhoc_sweep_from_the_command_line(tmp_path):
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert json.load(open(root / "sw.json")) == table
-
-
-def test_outlier_size_sweep_reuses_the_outlier_cells_at_10k():
-    sweeps = sweep.load_sweeps(SWEEPS)
-
-    def cells(name):
-        s = sweeps[name]
-        return {cell_name: experiments.load_config(
-            str(REPO / s["config"]), ",".join(v for v in (s["base"], variant) if v)).to_dict()
-            for cell_name, variant in map(experiments.split_cell, experiments.expand(s["grid"]))}
-
-    size, outlier = cells("cifar_outlier_size"), cells("cifar_outlier")
-    shared = set(size) & set(outlier)
-    assert shared == {"ratio-1.0__model-none", "ratio-1.0__model-outlier"}
-    for name in shared:  # same workdir and same config: read, never retrained or refused
-        assert size[name] == outlier[name], name
-    assert {c["dataset"]["train_size"] for c in size.values()} == {2500, 5000, 10000}

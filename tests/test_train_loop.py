@@ -77,8 +77,8 @@ def test_different_config_in_same_workdir_is_refused(finished_run):
 
 def test_overwrite_archives_instead_of_deleting(tmp_path):
     d = str(tmp_path)
-    train.train_and_evaluate(_cfg(**{"num_epochs": 1, "noise.freeze_epochs": 0.0}), d)
-    train.train_and_evaluate(_cfg(**{"num_epochs": 1, "noise.freeze_epochs": 0.0,
+    train.train_and_evaluate(_cfg(**{"num_epochs": 1, "q.freeze_epochs": 0.0}), d)
+    train.train_and_evaluate(_cfg(**{"num_epochs": 1, "q.freeze_epochs": 0.0,
                                       "seed": 3}), d, overwrite=True)
     archived = list((tmp_path / "archive").iterdir())
     assert len(archived) == 1 and (archived[0] / "summary.json").exists()
@@ -138,7 +138,7 @@ def test_outlier_run_logs_ap_and_uses_eqn9_with_alpha_from_counts(tmp_path):
     """Open-set digits: classes 0-4 inliers, 5-9 outliers with random labels + known ones."""
     cfg = _cfg("runlocal,model='outlier',kind='identity',noise=0.0", **{
         "dataset.inlier_classes": (0, 1, 2, 3, 4), "dataset.num_outliers": 300,
-        "dataset.num_known_outliers": 100, "num_epochs": 4, "noise.freeze_epochs": 0.0})
+        "dataset.num_known_outliers": 100, "num_epochs": 4, "q.freeze_epochs": 0.0})
     summary = train.train_and_evaluate(cfg, str(tmp_path))
     alpha = 100 / 400
     assert summary["alpha"] == pytest.approx(alpha)
@@ -151,16 +151,16 @@ def test_outlier_run_logs_ap_and_uses_eqn9_with_alpha_from_counts(tmp_path):
 
 
 def test_summary_confusion_makes_an_adversarial_qstar(finished_run, tmp_path):
-    """summary.json's clean-test confusion feeds noise.kind=adversarial (paper Table 1b)."""
+    """summary.json's clean-test confusion feeds corruption.kind=adversarial (paper Table 1b)."""
     d, summary = finished_run
     conf = np.asarray(summary["test_confusion"])
     assert conf.shape == (10, 10)
     np.testing.assert_allclose(conf.sum(0), 1.0)
     # Its diagonal is the per-class accuracy: mean of it ~ 1 - test_error (classes ~balanced).
     assert abs(1 - np.diag(conf).mean() - summary["final"]["test_error"]) < 0.05
-    cfg = _cfg(**{"noise.kind": "adversarial", "noise.level": 0.4, "num_epochs": 1,
-                  "noise.freeze_epochs": 0, "noise.model": "true",
-                  "noise.confusion_path": os.path.join(d, "summary.json")})
+    cfg = _cfg(**{"corruption.kind": "adversarial", "corruption.level": 0.4, "num_epochs": 1,
+                  "q.freeze_epochs": 0, "noise.model": "true",
+                  "corruption.confusion_path": os.path.join(d, "summary.json")})
     adv = train.train_and_evaluate(cfg, str(tmp_path / "adv"))
     np.testing.assert_allclose(adv["q_true"], noise.adversarial(conf, 0.4), atol=1e-12)
 
@@ -193,8 +193,8 @@ def test_warm_compilation_cache_changes_nothing_and_cpu_is_split_by_default(tmp_
 
 def test_true_model_without_flips_uses_the_identity_as_q_star(tmp_path):
     """The level-0 point of a noise sweep: no flips were injected, so Q* is the identity."""
-    cfg = _cfg(**{"noise.level": 0.0, "noise.model": "true", "num_epochs": 1,
-                  "noise.freeze_epochs": 0})
+    cfg = _cfg(**{"corruption.level": 0.0, "noise.model": "true", "num_epochs": 1,
+                  "q.freeze_epochs": 0})
     summary = train.train_and_evaluate(cfg, str(tmp_path / "run"))
     np.testing.assert_array_equal(summary["q_true"], np.eye(10))
     np.testing.assert_array_equal(summary["q"], np.eye(10))  # fixed Q never moves
@@ -207,10 +207,10 @@ def test_plateau_rule_lowers_the_decay_once_the_trace_settles(tmp_path, monkeypa
     # decay once; the rise branch is off (a 1000x rise). The scale is logged (and kept in the
     # optimizer state, so in checkpoints).
     monkeypatch.setattr(train, "PLATEAU_PEAK_FRACTION", float("inf"))
-    cfg = _cfg("runlocal,epochs=6,freeze=1", **{"noise.q_decay_rule": "lower_on_plateau",
-                                                "noise.q_plateau_tolerance": 10.0,
-                                                "noise.q_decay_tolerance": 1000.0,
-                                                "noise.q_decay_factor": 0.5})
+    cfg = _cfg("runlocal,epochs=6,freeze=1", **{"q.decay_rule": "lower_on_plateau",
+                                                "q.plateau_tolerance": 10.0,
+                                                "q.decay_tolerance": 1000.0,
+                                                "q.decay_factor": 0.5})
     train.train_and_evaluate(cfg, str(tmp_path / "run"))
     scales = [r.get("q_decay_scale") for r in _metrics(str(tmp_path / "run"))]
     assert scales == [None, 1.0, 1.0, 0.5, 0.5, 0.5]

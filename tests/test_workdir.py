@@ -52,7 +52,7 @@ def test_run_started_before_a_config_key_existed_compares_as_its_legacy_value(tm
     with pytest.raises(workdir.WorkdirError, match=r"noise\.q_grad_clip: 0\.0 -> 10\.0"):
         run.check_config(cfg, IGNORE)
     same = load("digits")
-    same.noise.q_grad_clip = 0.0
+    same.q.grad_clip = 0.0
     assert run.check_config(same, IGNORE) is None
 
 

@@ -2,8 +2,8 @@
 
 Usage::
 
-    ds = nlnoise.data.load(cfg.dataset, noise_kind=cfg.noise.kind, noise_level=cfg.noise.level,
-                           noise_seed=cfg.noise.seed, noise_kwargs={"m": cfg.noise.m})
+    ds = nlnoise.data.load(cfg.dataset, noise_kind=cfg.corruption.kind, noise_level=cfg.corruption.level,
+                           noise_seed=cfg.corruption.seed, noise_kwargs={"m": cfg.corruption.m})
     it = nlnoise.data.train_iterator(ds, cfg.dataset, global_batch_size=128, seed=0,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
@@ -27,7 +27,8 @@ Usage::
 - ``train_size``: number of inlier training examples, a random subset drawn with
   ``subset_seed`` (nested: smaller sizes are subsets of larger ones). None = the whole split;
   larger than the split is an error.
-- ``subset_seed``: seeds the training subset and the choice of outlier images. Default 0.
+- ``subset_seed``: seeds the training subset and the choice of outlier images. None: 0 here,
+  and the run's ``seed`` in ``nlnoise-train``.
 - ``inlier_classes``: None = all classes; a tuple of original class ids, remapped to
   ``0..K-1`` in the given order (e.g. ``(0, 1, 2, 3, 4)``). The other classes then form the
   outlier pool (open-set protocol) unless ``outlier_source`` is set.

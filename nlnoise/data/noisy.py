@@ -178,7 +178,7 @@ def flip_matrix(
     seed: int,
     kwargs: dict | None = None,
 ) -> np.ndarray | None:
-    """The ``[K, K]`` flip matrix for ``noise.kind``, or None when it flips nothing.
+    """The ``[K, K]`` flip matrix for ``corruption.kind``, or None when it flips nothing.
 
     ``kind="custom"`` takes the matrix itself from ``kwargs["q"]`` (array or ``.npy`` path).
     For ``adversarial``, ``kwargs["confusion_path"]`` (an ``.npy`` of ``confusion[pred, true]``)
@@ -189,7 +189,7 @@ def flip_matrix(
         if kind == "custom":
             q = kw.get("q")
             if q is None:
-                raise DataError("noise.kind=custom needs the matrix in noise_kwargs['q'].")
+                raise DataError("corruption.kind=custom needs the matrix in noise_kwargs['q'].")
             if isinstance(q, str | os.PathLike):
                 q = np.load(Path(q), allow_pickle=False)
         else:
@@ -198,16 +198,16 @@ def flip_matrix(
                 try:
                     kw["confusion"] = np.load(Path(path), allow_pickle=False)
                 except OSError as e:
-                    raise DataError(f"noise.confusion_path: cannot read {path} ({e}).") from None
+                    raise DataError(f"corruption.confusion_path: cannot read {path} ({e}).") from None
             kw = {k: v for k, v in kw.items() if v is not None}
             q = noise.make(kind, num_classes, level, seed=seed, **kw)
-        q = noise.validate_transition(q, num_classes, name="noise matrix (noise.kind)")
+        q = noise.validate_transition(q, num_classes, name="noise matrix (corruption.kind)")
     except noise.NoiseMatrixError as e:
         raise DataError(
             f"{e} The dataset has K={num_classes} classes (after dataset.inlier_classes)."
         ) from None
     except TypeError as e:
-        raise DataError(f"noise: bad arguments for noise.kind={kind!r} ({e}).") from None
+        raise DataError(f"noise: bad arguments for corruption.kind={kind!r} ({e}).") from None
     if np.array_equal(q, np.eye(num_classes)):
         return None
     return q

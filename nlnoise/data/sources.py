@@ -55,7 +55,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
             "train_split": ph(str),
             "test_split": ph(str),
             "train_size": ph(int),
-            "subset_seed": 0,
+            "subset_seed": ph(int),
             "inlier_classes": ph(tuple),
             "num_outliers": 0,
             "num_known_outliers": 0,
@@ -64,6 +64,8 @@ def default_dataset_config() -> ml_collections.ConfigDict:
             "num_test_outliers": ph(int),
             "num_test_examples": ph(int),
             "val_size": 0,
+            "train_labels_path": ph(str),
+            "clean_labels": ph(str),
             "image_size": ph(int),
             "resize_size": 256,
             "random_flip": ph(bool),
@@ -97,6 +99,8 @@ def resolve_config(cfg: Any) -> ml_collections.ConfigDict:
             out[key] = value
         except (TypeError, ValueError) as e:
             raise DataError(f"dataset.{key}: bad value {value!r} ({e}).") from None
+    if out.subset_seed is None:
+        out.subset_seed = 0
     if out.source not in ("local", "tfds"):
         raise DataError(f"dataset.source: must be 'local' or 'tfds', got {out.source!r}.")
     if out.source == "local" and out.name not in LOCAL_NAMES:
