@@ -285,7 +285,8 @@ def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
             for r in here:
                 if r["model"] != "learned":
                     continue
-                per_seed.setdefault((value, without_keys(r.get("variant", ""), [over])), []).append({
+                key = (value, without_keys(r.get("variant", ""), [over]))
+                per_seed.setdefault(key, []).append({
                     "none": base["none"], "learned": r[metric], "true": base["true"],
                     "gap": gap,
                     "closure": (base["none"] - r[metric]) / gap if gap > 0 else float("nan")})

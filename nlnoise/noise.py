@@ -427,11 +427,13 @@ def make(kind: str, num_classes: int, level: float = 0.0, *, seed: int = 0, **kw
     if kind == "adversarial":
         if kwargs.get("confusion") is None:
             raise NoiseMatrixError(
-                "corruption.kind=adversarial needs a confusion matrix (corruption.confusion_path): train a "
+                "corruption.kind=adversarial needs a confusion matrix (corruption.confusion_path): "
+                "train a "
                 "clean model first and save its confusion[pred, true]."
             )
         return adversarial(level=level, **kwargs)
-    raise NoiseMatrixError(f"corruption.kind: unknown matrix family {kind!r}; choose one of {KINDS}.")
+    raise NoiseMatrixError(
+        f"corruption.kind: unknown matrix family {kind!r}; choose one of {KINDS}.")
 
 
 KINDS = ("identity", "symmetric", "pair", "block", "paper_random", "sparse_random", "adversarial")

@@ -802,7 +802,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
         "params_sha256": params_digest(params),
         "q_true": None if spec.q_true is None else spec.q_true.tolist(),
         # confusion[pred, true] on the clean test set after the last step: the input of an
-        # adversarial Q* (corruption.kind=adversarial, corruption.confusion_path=<this summary.json>).
+        # adversarial Q* (corruption.kind=adversarial, corruption.confusion_path=<this
+        # summary.json>).
         "test_confusion": None if last_confusion is None else last_confusion.tolist(),
         "config": cfg.to_dict(),
     }

@@ -145,7 +145,8 @@ def test_placeholders_reach_the_variant_but_not_the_cell_name(tmp_path):
         seen.append((cfg.corruption.matrix_path, workdir))
         return {"final": {"test_error": 0.5}}
 
-    experiments.run_grid(DIGITS, [("custom", "kind='custom',corruption.matrix_path='{root}/q.npy'")],
+    experiments.run_grid(DIGITS, [("custom",
+                                   "kind='custom',corruption.matrix_path='{root}/q.npy'")],
                          root=str(tmp_path), train_fn=fake_train, verbose=False,
                          placeholders={"{root}": str(tmp_path)})
     assert seen == [(f"{tmp_path}/q.npy", os.path.join(str(tmp_path), "custom"))]
@@ -182,8 +183,8 @@ def test_gap_closure_is_undefined_when_true_is_no_better_than_none():
 
 def test_gap_closure_over_seeds_pairs_each_seeds_cells_then_averages():
     table = []
-    for seed, (n, l, t) in enumerate([(0.30, 0.20, 0.10), (0.40, 0.30, 0.20), (0.3, 0.3, 0.4)]):
-        for model, err in (("none", n), ("learned", l), ("true", t)):
+    for seed, errs in enumerate([(0.30, 0.20, 0.10), (0.40, 0.30, 0.20), (0.3, 0.3, 0.4)]):
+        for model, err in zip(("none", "learned", "true"), errs, strict=True):
             table.append({"noise_level": 0.5, "model": model, "test_error": err, "seed": seed,
                           "variant": f"seed={seed},model='{model}'"})
     (row,) = experiments.gap_closure(table)

@@ -2,7 +2,8 @@
 
 Usage::
 
-    ds = nlnoise.data.load(cfg.dataset, noise_kind=cfg.corruption.kind, noise_level=cfg.corruption.level,
+    ds = nlnoise.data.load(cfg.dataset, noise_kind=cfg.corruption.kind,
+                           noise_level=cfg.corruption.level,
                            noise_seed=cfg.corruption.seed, noise_kwargs={"m": cfg.corruption.m})
     it = nlnoise.data.train_iterator(ds, cfg.dataset, global_batch_size=128, seed=0,
                                      process_index=jax.process_index(),

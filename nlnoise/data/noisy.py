@@ -198,7 +198,8 @@ def flip_matrix(
                 try:
                     kw["confusion"] = np.load(Path(path), allow_pickle=False)
                 except OSError as e:
-                    raise DataError(f"corruption.confusion_path: cannot read {path} ({e}).") from None
+                    raise DataError(
+                        f"corruption.confusion_path: cannot read {path} ({e}).") from None
             kw = {k: v for k, v in kw.items() if v is not None}
             q = noise.make(kind, num_classes, level, seed=seed, **kw)
         q = noise.validate_transition(q, num_classes, name="noise matrix (corruption.kind)")
