@@ -12,8 +12,13 @@ too little of the noise (:func:`select_q`), a q estimated from the predictions i
     issues.to_csv("issues.csv", class_names)
     print(audit.health_markdown(audit.health_summary(noisy_labels, pred_probs, q)))
 
+``pred_probs`` must model the clean label. An ordinary classifier trained on the noisy labels
+models ``p(noisy | x) ~ Q p(true | x)`` instead; the posterior then counts the noise twice and
+flags too few (sklearn digits, 30% flips, cross-validated logistic regression: recall 0.73
+against cleanlab's 0.89 on the same probabilities). cleanlab's methods are built for that case.
+
 Plain numpy; no training. When clean labels are known, :func:`flag_metrics` and
-:func:`ranking_ap` score the result.
+:func:`ranking_ap` score the result; ``bench/audit_vs_cleanlab.py`` compares with cleanlab.
 """
 
 from __future__ import annotations
