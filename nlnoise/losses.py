@@ -123,7 +123,8 @@ def posterior(logits: jax.Array, q: jax.Array, noisy_labels: jax.Array) -> jax.A
 
     Low ``posterior[n, noisy_labels[n]]`` flags a likely mislabelled example. If ``q``'s row for
     the given label is all zero (that label is impossible under ``q``), the prior
-    ``softmax(logits)`` is returned for that example.
+    ``softmax(logits)`` is returned for that example. On saved probabilities, without JAX:
+    :func:`nlnoise.estimate.posterior`; flagged labels: :func:`nlnoise.audit.find_label_issues`.
     """
     _check_shapes(logits, q, noisy_labels)
     log_p = jax.nn.log_softmax(logits, axis=-1)
