@@ -259,3 +259,45 @@ def test_tfds_outlier_source_under_mock_data(tmp_path):
             data.load(
                 {**base, "name": "fashion_mnist", "source": "tfds", "outlier_source": "cifar100"}
             )
+
+
+# ---- pinned labels ---------------------------------------------------------------------------
+
+# label_fingerprint, and a digest of the test / test_noisy / val splits, of digits configs as
+# computed before load() was split into stages: a change here means resumed runs would refuse
+# their checkpoints (or, worse, labels moved).
+PINNED = {
+    "plain": ({}, {}, "2373a4b51e8c57267a2586effcbc0bb70b42d19ef5c810d5667aa0d57cf8302e",
+              "1ab14298ba44f0fc"),
+    "symmetric": ({}, {"noise_kind": "symmetric", "noise_level": 0.4, "noise_seed": 7},
+                  "4ed519bbe559b4584b3b2c4ab48e35e4a7355ea1360e821040fbfc298218d7db",
+                  "1ab14298ba44f0fc"),
+    "paper_random_subset": (
+        {"train_size": 500, "subset_seed": 3},
+        {"noise_kind": "paper_random", "noise_level": 0.5, "noise_seed": 1},
+        "52d9d9aaf20a5be86208bc6fbf712dcacd62bc7d876388589f07387ea288ac8b", "1ab14298ba44f0fc"),
+    "open_set": (
+        {"inlier_classes": (0, 1, 2, 3), "num_outliers": 300, "num_known_outliers": 30,
+         "num_test_outliers": 50},
+        {"noise_kind": "pair", "noise_level": 0.3, "noise_seed": 2},
+        "263617f54c4fae91098c866d5c0ee0d9ed5bfd5a8fe2ce7d312e937cafe64abf", "bb8248c021c336cb"),
+    "val_test": (
+        {"val_size": 200, "num_test_examples": 100, "subset_seed": 5},
+        {"noise_kind": "symmetric", "noise_level": 0.2, "noise_seed": 4},
+        "7815d527e950631c6141d0d1bfa2270dfac0cd3aa2733236d3e95a4d1165b2f1", "e33d08f83676c456"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_labels_and_fingerprints_are_pinned(case, cache):
+    import hashlib
+
+    cfg, kw, fingerprint, splits = PINNED[case]
+    ds = data.load(_digits(cache, **cfg), **kw)
+    h = hashlib.sha256()
+    for s in (ds.test, ds.test_noisy, ds.val):
+        if s is not None:
+            for a in (s.provider_id, s.rows, s.labels, s.clean_labels, s.is_outlier):
+                h.update(np.ascontiguousarray(a).tobytes())
+    assert ds.label_fingerprint == fingerprint
+    assert h.hexdigest()[:16] == splits
