@@ -66,8 +66,9 @@ def test_label_file_of_the_wrong_length_or_range(tmp_path, raw):
     bad = raw.train.labels.copy()
     bad[5] = 10
     with pytest.raises(data.DataError, match=r"1 labels outside \[0, 10\); first is 10 at index "
-                                             r"5\. Labels must be class indices 0\.\.9"):
+                                             r"5\. Labels must be class indices 0\.\.9") as e:
         labels.source_labels(raw, cfg, bad)
+    assert str(e.value).startswith(f"dataset.train_labels_path ({tmp_path / 'short.npy'})")
 
 
 def test_rejected_label_file_leaves_no_cache_behind(tmp_path, make_digits_folder):

@@ -97,6 +97,15 @@ def _one_class(root: Path) -> str:
     return r"train has 1 class folders \('one',\); a classifier needs at least 2"
 
 
+def _no_classes(root: Path) -> str:
+    import shutil
+
+    shutil.rmtree(root / "train")
+    (root / "train").mkdir()
+    (root / "train" / "loose.png").write_bytes(b"")  # files outside class folders do not count
+    return r"train has 0 class folders \(\); a classifier needs at least 2\. Lay it out as"
+
+
 def _unreadable(root: Path) -> str:
     (root / "train" / "one" / "9999.png").write_bytes(b"this is not a PNG")
     return r"cannot read the image .*train/one/9999.png .*replace or delete the file"
@@ -118,7 +127,8 @@ def _unknown_test_class(root: Path) -> str:
     return r"test has class folders \['deux'\] that .*train lacks"
 
 
-@pytest.mark.parametrize("break_it", [_empty_class, _one_class, _unreadable, _truncated,
+@pytest.mark.parametrize("break_it", [_empty_class, _one_class, _no_classes, _unreadable,
+                                      _truncated,
                                       _no_test, _unknown_test_class])
 def test_bad_folders_are_named_with_the_fix_and_nothing_is_cached(digits_dir, tmp_path,
                                                                   break_it):

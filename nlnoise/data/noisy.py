@@ -12,7 +12,9 @@ rebuilds identical labels:
   seed, a smaller ``train_size`` is a subset of a larger one;
 - a flipped label depends on ``(dataset, noise seed, Q, the example's index in its split)``
   (``noise.corrupt_labels`` is counter-based), so it does not change with ``train_size``;
-- outlier choice depends on ``subset_seed``; outlier labels on the noise seed.
+- outlier choice depends on ``subset_seed``; outlier labels on the noise seed;
+- labels from ``dataset.train_labels_path`` replace the source's before any of this, so flips
+  act on them.
 """
 
 from __future__ import annotations
