@@ -445,9 +445,8 @@ def load_dataset(cfg: ml_collections.ConfigDict):
     dataset_cfg = cfg.dataset.to_dict()
     if dataset_cfg.get("subset_seed") is None:
         dataset_cfg["subset_seed"] = cfg.seed
-    return data.load(dataset_cfg, noise_kind="identity" if c.kind == "given" else c.kind,
-                     noise_level=c.level, noise_seed=cfg.seed if c.seed is None else c.seed,
-                     noise_kwargs=kwargs)
+    return data.load(dataset_cfg, noise_kind=c.kind, noise_level=c.level,
+                     noise_seed=cfg.seed if c.seed is None else c.seed, noise_kwargs=kwargs)
 
 
 def _load_confusion(path: str) -> np.ndarray:
@@ -793,8 +792,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
         "train_images_per_s": (timed_steps * cfg.batch_size / train_time) if train_time else None,
         "num_devices": jax.device_count(),
         "num_processes": jax.process_count(),
-        "realized_flip_rate": float(np.mean(ds.train_labels[~ds.train_is_outlier]
-                                            != ds.train_clean_labels[~ds.train_is_outlier])),
+        "realized_flip_rate": ds.realized_flip_rate,  # None without clean labels
         "alpha": spec.alpha,
         "q": q.tolist(),
         "class_names": [str(c) for c in ds.class_names]

@@ -34,6 +34,11 @@ def test_every_config_file_validates(name):
     assert "data" in cfg.mesh and "model" in cfg.mesh
 
 
+def test_svhn_trains_on_train_plus_extra():
+    # The paper's SVHN training set is train + extra (about 600k images).
+    assert load("svhn").dataset.train_split == "train+extra"
+
+
 def test_paper_schedules_are_the_defaults():
     assert load("cifar10").q.freeze_epochs == 30
     assert load("svhn").q.freeze_epochs == 5

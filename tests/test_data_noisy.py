@@ -1,4 +1,4 @@
-"""Noise injection: deterministic flips, training-set size, outliers and alpha, bad input."""
+"""load and its stages: deterministic flips, subsets, outliers, alpha, label files, bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 import nlnoise.data as data
 from nlnoise import noise
-from nlnoise.data import sources
+from nlnoise.data import noisy
+from nlnoise.data.sources import arrays, digits
 
 CIFAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10_jpeg.npz"
 needs_cifar = pytest.mark.skipif(
@@ -73,34 +74,6 @@ def test_train_size_larger_than_split(cache):
         data.load(_digits(cache, train_size=5000))
 
 
-def test_noise_matrix_of_the_wrong_size(cache):
-    with pytest.raises(data.DataError, match=r"expected shape \(10, 10\).*got \(5, 5\)"):
-        data.load(_digits(cache), noise_kind="custom", noise_kwargs={"q": np.eye(5)})
-    with pytest.raises(data.DataError, match=r"got \(4, 4\).*K=10"):
-        data.load(
-            _digits(cache),
-            noise_kind="adversarial",
-            noise_level=0.4,
-            noise_kwargs={"confusion": np.ones((4, 4))},
-        )
-
-
-def test_custom_matrix_and_confusion_path(cache, tmp_path):
-    q = noise.paper_random(10, 0.3, seed=4)
-    ds = data.load(_digits(cache), noise_kind="custom", noise_seed=2, noise_kwargs={"q": q})
-    np.testing.assert_array_equal(ds.q_true, q)
-    confusion = np.random.default_rng(0).integers(0, 20, (10, 10))
-    path = tmp_path / "confusion.npy"
-    np.save(path, confusion)
-    adv = data.load(
-        _digits(cache),
-        noise_kind="adversarial",
-        noise_level=0.4,
-        noise_kwargs={"confusion_path": str(path), "m": 3},
-    )
-    np.testing.assert_allclose(adv.q_true, noise.adversarial(confusion, 0.4, m=3))
-
-
 def test_items_agree_with_label_arrays(cache):
     ds = data.load(_digits(cache), noise_kind="symmetric", noise_level=0.5, noise_seed=0)
     for i in (0, 17, len(ds.train) - 1):
@@ -128,7 +101,7 @@ def test_open_set_outliers_counts_labels_and_alpha():
         "num_test_outliers": 2000,
     }
     ds = data.load(cfg, noise_kind="symmetric", noise_level=0.2, noise_seed=5)
-    raw = sources.load_cifar10_local()
+    raw = arrays.load_cifar10()
     k = 5
     assert ds.num_classes == k
     assert ds.class_names == ("airplane", "automobile", "bird", "cat", "deer")
@@ -259,3 +232,168 @@ def test_tfds_outlier_source_under_mock_data(tmp_path):
             data.load(
                 {**base, "name": "fashion_mnist", "source": "tfds", "outlier_source": "cifar100"}
             )
+
+
+# ---- stages on their own ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return digits.load_digits()
+
+
+def test_class_remap_and_training_subset(raw):
+    cmap = noisy.class_remap(raw, (7, 2))
+    assert cmap.k == 2 and cmap.classes == (7, 2)
+    assert cmap.remap[7] == 0 and cmap.remap[2] == 1 and (np.delete(cmap.remap, [2, 7]) == -1).all()
+    rows = noisy.training_subset(raw.train.labels, cmap, 50, subset_seed=4)
+    assert rows.size == 50 and np.isin(raw.train.labels[rows], (2, 7)).all()
+    bigger = noisy.training_subset(raw.train.labels, cmap, 100, subset_seed=4)
+    assert np.isin(rows, bigger).all()
+    everything = noisy.class_remap(raw, None)
+    np.testing.assert_array_equal(everything.remap, np.arange(10))
+
+
+def test_corrupt_inliers_keys_flips_by_row(raw):
+    from nlnoise.data.labels import SourceLabels
+
+    cmap = noisy.class_remap(raw, None)
+    start = SourceLabels(given=raw.train.labels, clean=raw.train.labels, from_file=False)
+    kw = {"noise_kind": "symmetric", "noise_level": 0.5, "noise_seed": 9, "noise_kwargs": None}
+    full = noisy.corrupt_inliers(start, cmap, np.arange(1437), **kw)
+    part = noisy.corrupt_inliers(start, cmap, np.array([3, 700, 1400]), **kw)
+    np.testing.assert_array_equal(part.labels, full.labels[[3, 700, 1400]])
+    np.testing.assert_array_equal(full.q_true, noise.symmetric(10, 0.5))
+    given = noisy.corrupt_inliers(start, cmap, np.arange(1437), **{**kw, "noise_kind": "given"})
+    np.testing.assert_array_equal(given.labels, raw.train.labels)
+    np.testing.assert_array_equal(given.q_true, np.eye(10))  # realized: nothing flipped
+
+
+def test_hold_out_and_test_splits(raw):
+    from nlnoise.data.schema import resolve_config
+
+    cfg = resolve_config({"num_test_examples": 30})
+    cmap = noisy.class_remap(raw, (0, 1, 2))
+    test, test_noisy = noisy.test_splits(cfg, raw, cmap, None)
+    assert len(test) == 30 and test_noisy is None and test.labels.max() == 2
+    np.testing.assert_array_equal(test.labels, cmap.remap[raw.test.labels[test.rows]])
+    train, val = noisy.hold_out(test, 10, subset_seed=0)
+    assert (len(train), len(val)) == (20, 10)
+    assert not np.isin(val.rows, train.rows).any()
+    assert noisy.hold_out(test, 0, subset_seed=0) == (test, None)
+
+
+def test_fingerprint_depends_on_labels_and_rows(raw):
+    from nlnoise.data.schema import resolve_config
+
+    cfg = resolve_config(None)
+    test, _ = noisy.test_splits(cfg, raw, noisy.class_remap(raw, None), None)
+    fp = noisy.label_fingerprint("digits", test)
+    assert fp == noisy.label_fingerprint("digits", test.subset(np.arange(len(test))))
+    assert fp != noisy.label_fingerprint("digits", test.subset(np.arange(1, len(test))))
+    assert fp != noisy.label_fingerprint("other", test)
+
+
+# ---- labels brought by the user ---------------------------------------------------------------
+
+
+def _label_file(tmp_path, labels, name="labels.npy"):
+    path = tmp_path / name
+    np.save(path, np.asarray(labels, np.int64))
+    return str(path)
+
+
+def test_given_labels_with_the_source_as_clean_reference(cache, tmp_path, raw):
+    flipped = noise.corrupt_labels(raw.train.labels, noise.pair_flip(10, 0.3), seed=5)
+    cfg = _digits(cache, train_labels_path=_label_file(tmp_path, flipped),
+                  clean_labels="source")
+    ds = data.load(cfg, noise_kind="given", noise_level=0.5)  # the level is not used
+    np.testing.assert_array_equal(ds.train_labels, flipped)
+    np.testing.assert_array_equal(ds.train_clean_labels, raw.train.labels)
+    assert ds.has_clean_labels
+    np.testing.assert_allclose(ds.q_true, noise.realized_transition(raw.train.labels, flipped,
+                                                                    10))
+    assert ds.realized_flip_rate == pytest.approx(np.mean(flipped != raw.train.labels))
+    # Synthetic flips on top of the file: Q* is the realized transition from clean to final.
+    more = data.load(cfg, noise_kind="symmetric", noise_level=0.2, noise_seed=1)
+    np.testing.assert_allclose(more.q_true, noise.realized_transition(
+        raw.train.labels, more.train_labels, 10))
+    assert more.realized_flip_rate > ds.realized_flip_rate
+
+
+def test_given_labels_without_clean_labels(cache, tmp_path, raw):
+    path = tmp_path / "labels.csv"
+    path.write_text("label\n" + "\n".join(str(v) for v in (raw.train.labels + 1) % 10))
+    ds = data.load(_digits(cache, train_labels_path=str(path)), noise_kind="given")
+    np.testing.assert_array_equal(ds.train_labels, (raw.train.labels + 1) % 10)
+    assert not ds.has_clean_labels and (ds.train_clean_labels == -1).all()
+    assert ds.q_true is None and ds.realized_flip_rate is None
+    # The test split keeps its own labels: that is what test error is measured against.
+    np.testing.assert_array_equal(ds.test.labels, raw.test.labels)
+    none = data.load(_digits(cache, clean_labels="none"), noise_kind="symmetric",
+                     noise_level=0.3)
+    assert not none.has_clean_labels and none.q_true is None
+    assert np.mean(none.train_labels != raw.train.labels) > 0.2  # flips are still injected
+
+
+def test_given_without_a_file_reports_the_realized_identity(cache, raw):
+    ds = data.load(_digits(cache), noise_kind="given")
+    np.testing.assert_array_equal(ds.q_true, np.eye(10))
+    assert ds.realized_flip_rate == 0.0
+    # The same labels as identity, whose fingerprint is pinned below.
+    assert ds.label_fingerprint == data.load(_digits(cache)).label_fingerprint
+
+
+def test_label_file_decides_which_images_are_inliers(cache, tmp_path, raw):
+    given = raw.train.labels.copy()
+    given[given == 3] = 0  # every 3 is labelled 0 in the file
+    cfg = _digits(cache, train_labels_path=_label_file(tmp_path, given), clean_labels="source",
+                  inlier_classes=(0, 1))
+    ds = data.load(cfg, noise_kind="given")
+    assert set(raw.train.labels[ds.train.rows]) == {0, 1, 3}
+    # A 3 has no clean label among the inlier classes: unknown (-1), left out of Q*.
+    threes = raw.train.labels[ds.train.rows] == 3
+    assert (ds.train_clean_labels[threes] == -1).all() and (ds.train_labels[threes] == 0).all()
+    np.testing.assert_array_equal(ds.q_true, np.eye(2))
+
+
+# ---- pinned labels ---------------------------------------------------------------------------
+
+# label_fingerprint, and a digest of the test / test_noisy / val splits, of digits configs as
+# computed before load() was split into stages: a change here means resumed runs would refuse
+# their checkpoints (or, worse, labels moved).
+PINNED = {
+    "plain": ({}, {}, "2373a4b51e8c57267a2586effcbc0bb70b42d19ef5c810d5667aa0d57cf8302e",
+              "1ab14298ba44f0fc"),
+    "symmetric": ({}, {"noise_kind": "symmetric", "noise_level": 0.4, "noise_seed": 7},
+                  "4ed519bbe559b4584b3b2c4ab48e35e4a7355ea1360e821040fbfc298218d7db",
+                  "1ab14298ba44f0fc"),
+    "paper_random_subset": (
+        {"train_size": 500, "subset_seed": 3},
+        {"noise_kind": "paper_random", "noise_level": 0.5, "noise_seed": 1},
+        "52d9d9aaf20a5be86208bc6fbf712dcacd62bc7d876388589f07387ea288ac8b", "1ab14298ba44f0fc"),
+    "open_set": (
+        {"inlier_classes": (0, 1, 2, 3), "num_outliers": 300, "num_known_outliers": 30,
+         "num_test_outliers": 50},
+        {"noise_kind": "pair", "noise_level": 0.3, "noise_seed": 2},
+        "263617f54c4fae91098c866d5c0ee0d9ed5bfd5a8fe2ce7d312e937cafe64abf", "bb8248c021c336cb"),
+    "val_test": (
+        {"val_size": 200, "num_test_examples": 100, "subset_seed": 5},
+        {"noise_kind": "symmetric", "noise_level": 0.2, "noise_seed": 4},
+        "7815d527e950631c6141d0d1bfa2270dfac0cd3aa2733236d3e95a4d1165b2f1", "e33d08f83676c456"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_labels_and_fingerprints_are_pinned(case, cache):
+    import hashlib
+
+    cfg, kw, fingerprint, splits = PINNED[case]
+    ds = data.load(_digits(cache, **cfg), **kw)
+    h = hashlib.sha256()
+    for s in (ds.test, ds.test_noisy, ds.val):
+        if s is not None:
+            for a in (s.provider_id, s.rows, s.labels, s.clean_labels, s.is_outlier):
+                h.update(np.ascontiguousarray(a).tobytes())
+    assert ds.label_fingerprint == fingerprint
+    assert h.hexdigest()[:16] == splits

@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 
 import nlnoise.data as data
-from nlnoise.data import preprocess, sources
+from nlnoise.data import preprocess, schema
+from nlnoise.data.sources import digits as digits_source
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return sources.load_digits_local()
+    return digits_source.load_digits()
 
 
 def _cfg(**kw):
-    cfg = sources.default_dataset_config()
+    cfg = schema.default_dataset_config()
     cfg.update(kw)
     return cfg
 

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -51,3 +52,81 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, args, message
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert not work.exists() or not any(work.iterdir())
+
+
+# ---- bring your own data: real digits written as a folder, an npz and label files ----------
+
+
+def _summary(workdir):
+    import json
+
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def test_cli_trains_on_a_folder_of_images(tmp_path, make_digits_folder):
+    from conftest import DIGIT_NAMES
+
+    make_digits_folder(tmp_path / "digits", per_class=(8, 3))
+    out = _run("--config=configs/digits.py:runlocal,epochs=2,freeze=1",
+               "--config.dataset.name=folder", f"--config.dataset.data_dir={tmp_path / 'digits'}",
+               f"--config.dataset.cache_dir={tmp_path / 'cache'}", "--config.corruption.kind=given",
+               f"--workdir={tmp_path / 'w'}", "--config.progress_bar=False")
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = _summary(tmp_path / "w")
+    assert s["class_names"] == sorted(DIGIT_NAMES)  # the folder names reach every output
+    # Folder labels are clean unless said otherwise: Q* is the realized identity.
+    assert s["q_true"] == np.eye(10).tolist() and s["realized_flip_rate"] == 0.0
+    assert "q_rel_l1=" in out.stdout
+
+
+def test_cli_trains_on_an_npz_with_noisy_labels_of_known_clean_ones(tmp_path, make_digits_npz,
+                                                                    digits_arrays):
+    from nlnoise import noise
+
+    _, labels = digits_arrays
+    noisy = noise.corrupt_labels(labels[:1437], noise.pair_flip(10, 0.3), seed=2)
+    np.save(tmp_path / "noisy.npy", noisy)
+    out = _run("--config=configs/digits.py:runlocal,epochs=2,freeze=1",
+               "--config.dataset.name=arrays",
+               f"--config.dataset.data_dir={make_digits_npz(tmp_path / 'd.npz')}",
+               f"--config.dataset.train_labels_path={tmp_path / 'noisy.npy'}",
+               "--config.dataset.clean_labels=source", "--config.corruption.kind=given",
+               f"--workdir={tmp_path / 'w'}", "--config.progress_bar=False")
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = _summary(tmp_path / "w")
+    np.testing.assert_allclose(s["q_true"], noise.realized_transition(labels[:1437], noisy, 10))
+    assert s["realized_flip_rate"] == pytest.approx(np.mean(noisy != labels[:1437]))
+    assert "q_rel_l1" in s["final"] and s["class_names"][3] == "three"
+
+
+def test_cli_without_clean_labels_leaves_clean_metrics_out(tmp_path, digits_arrays):
+    _, labels = digits_arrays
+    (tmp_path / "labels.csv").write_text(
+        "label\n" + "\n".join(str((v + 1) % 10) for v in labels[:1437]) + "\n")
+    out = _run("--config=configs/digits.py:runlocal,epochs=2,freeze=1",
+               f"--config.dataset.train_labels_path={tmp_path / 'labels.csv'}",
+               "--config.corruption.kind=given", f"--workdir={tmp_path / 'w'}",
+               "--config.progress_bar=False")
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = _summary(tmp_path / "w")
+    assert s["realized_flip_rate"] is None and s["q_true"] is None
+    assert "q_rel_l1" not in s["final"] and "q_trace" in s["final"]
+    assert "q_rel_l1" not in out.stdout
+
+
+@pytest.mark.parametrize("bad", ["no_folder", "short_labels"])
+def test_bad_data_is_refused_naming_the_file(tmp_path, bad):
+    if bad == "no_folder":
+        args = ["--config.dataset.name=folder", f"--config.dataset.data_dir={tmp_path / 'nope'}"]
+        named = f"dataset.data_dir: no directory {tmp_path / 'nope'}"
+    else:
+        (tmp_path / "l.csv").write_text("1\n2\n")
+        args = [f"--config.dataset.train_labels_path={tmp_path / 'l.csv'}"]
+        named = f"dataset.train_labels_path ({tmp_path / 'l.csv'}): holds 2 labels"
+    work = tmp_path / "w"
+    out = _run("--config=configs/digits.py:runlocal", *args, "--config.corruption.kind=given",
+               f"--config.dataset.cache_dir={tmp_path / 'cache'}", f"--workdir={work}",
+               timeout=300)
+    assert out.returncode != 0 and named in out.stderr and "Traceback" not in out.stderr
+    assert not work.exists() or not any(work.iterdir())
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]

@@ -1,5 +1,11 @@
 """Input side of nlnoise: sources, preprocessing, label-noise injection and the grain pipeline.
 
+Modules: :mod:`~nlnoise.data.schema` (this config), :mod:`~nlnoise.data.sources` (one module per
+source, behind a registry), :mod:`~nlnoise.data.cache`, :mod:`~nlnoise.data.labels` (label
+files, clean labels, flip matrices), :mod:`~nlnoise.data.noisy` (:func:`load`, a pipeline of
+stages), :mod:`~nlnoise.data.examples` (what it returns), :mod:`~nlnoise.data.preprocess`,
+:mod:`~nlnoise.data.pipeline`.
+
 Usage::
 
     ds = nlnoise.data.load(cfg.dataset, noise_kind=cfg.corruption.kind,
@@ -12,19 +18,24 @@ Usage::
 
 ``dataset`` config keys (:func:`default_dataset_config`; ``None`` means "automatic"):
 
-- ``name``: ``fashion_mnist`` | ``cifar10`` | ``digits`` (local or TFDS except digits, which is
-  local only) | ``svhn_cropped`` | ``cifar100`` | ``imagenet2012`` (TFDS). Default
-  ``fashion_mnist``.
-- ``source``: ``local`` (files on this machine; fashion_mnist, cifar10, digits) or ``tfds``
-  (``tfds.data_source``, ArrayRecord, never downloads). Default ``local``.
+- ``name``: ``fashion_mnist`` | ``cifar10`` (local or TFDS) | ``digits`` | ``folder`` |
+  ``arrays`` (local only) | ``svhn_cropped`` | ``cifar100`` | ``imagenet2012`` or any TFDS image
+  dataset (TFDS). Default ``fashion_mnist``.
+- ``source``: ``local`` (files on this machine) or ``tfds`` (``tfds.data_source``, ArrayRecord,
+  never downloads). Default ``local``.
 - ``data_dir``: local: the Fashion-MNIST IDX directory (default
-  ``/usr/share/datasets/fashion-mnist``) or the CIFAR-10 ``cifar10_jpeg.npz`` file or its
-  directory (default ``<repo>/../shared/data/cifar10_jpeg.npz``); tfds: the TFDS data dir
-  (default ``~/tensorflow_datasets``; a ``gs://`` bucket on TPU VMs).
-- ``cache_dir``: decoded CIFAR-10 arrays, mean images and TFDS label columns (default
-  ``$NLNOISE_CACHE`` or ``~/.cache/nlnoise``). Written atomically (temp file + rename).
+  ``/usr/share/datasets/fashion-mnist``); the CIFAR-10 ``cifar10_jpeg.npz`` file or its
+  directory (default ``<repo>/../shared/data/cifar10_jpeg.npz``); for ``folder`` the directory
+  holding ``train/<class>/`` and ``test/<class>/``; for ``arrays`` the ``.npz`` file
+  (``train_image``, ``train_label``, ``test_image``, ``test_label``, optional ``class_names``;
+  docs/data.md). tfds: the TFDS data dir (default ``~/tensorflow_datasets``; a ``gs://`` bucket
+  on TPU VMs).
+- ``cache_dir``: decoded images (CIFAR-10, ``folder``, encoded ``arrays``), mean images and TFDS
+  label columns (default ``$NLNOISE_CACHE`` or ``~/.cache/nlnoise``). Written atomically (temp
+  file + rename), and only from input that is accepted.
 - ``train_split``, ``test_split``: TFDS split names (default ``train`` and ``test``;
-  ``validation`` for imagenet2012's test).
+  ``validation`` for imagenet2012's test); ``a+b`` concatenates splits (SVHN's
+  ``train+extra``).
 - ``train_size``: number of inlier training examples, a random subset drawn with
   ``subset_seed`` (nested: smaller sizes are subsets of larger ones). None = the whole split;
   larger than the split is an error.
@@ -45,13 +56,23 @@ Usage::
 - ``num_test_outliers``: test outliers in ``test_noisy`` (None = the whole pool's test split).
 - ``num_test_examples``: evaluate on a random subset (``subset_seed``) of this many inlier test
   images, for quick runs. None = the whole test split.
+- ``train_labels_path``: a ``.npy`` (integer vector) or one-column ``.csv`` (optional header)
+  of training labels, one per image of the source's training split in its order; they replace
+  the source's labels (any source). None = the source's labels.
+- ``clean_labels``: which training labels are clean. None = the source's, unless
+  ``train_labels_path`` replaces them (then none are known); ``"source"`` = the source's labels
+  even with a label file (Q* is then the realized file-vs-source transition); ``"none"`` = no
+  clean label is known (``NoisyDataset.has_clean_labels`` is False, ``train_clean_labels`` all
+  -1, and clean-label metrics are left out). Test labels are always taken as correct.
 - ``val_size``: hold this many examples out of the (noisy) training set, chosen at random
   with ``subset_seed`` after labels are flipped and outliers added, as a validation split with
   noisy labels (``NoisyDataset.val``). Training uses the rest. It needs no clean label: the
   training loop logs the combined model's loss on it and reports the evaluation where that
   loss was lowest (label-free model selection). Default 0 (no split).
 - ``image_size``: model input height/width; smaller than the stored size means random crops
-  in training and a centre crop in evaluation. None = stored size (227 for imagenet2012).
+  in training and a centre crop in evaluation. None = stored size (227 for imagenet2012). For
+  ``folder`` it is instead the size every image is resized to (shorter side, then the centre
+  square), and it is required when the images differ in size.
 - ``resize_size``: imagenet2012 images are resized (shorter side) and centre-cropped to this
   square before cropping. Default 256.
 - ``random_flip``: horizontal flips with p=0.5 in training. None = True for imagenet2012 only.
@@ -68,14 +89,17 @@ Usage::
 - ``num_threads``, ``prefetch_buffer_size``: grain ``ReadOptions`` (batches are produced by
   ``num_threads`` threads, ``prefetch_buffer_size`` batches ahead). Defaults 2 and 4.
 
-Label-flip settings come from the training config's ``noise`` section, passed to
-:func:`load` as arguments. Errors are :class:`DataError` (a ``ValueError``) naming the field.
+Label-flip settings come from the training config's ``corruption`` section, passed to
+:func:`load` as arguments (``noise_kind="given"``: use the labels as they are). Errors are
+:class:`DataError` (a ``ValueError``) naming the field or file and the fix.
 """
 
-from nlnoise.data.noisy import ExampleSource, NoisyDataset, flip_matrix, load
+from nlnoise.data.examples import ExampleSource, NoisyDataset
+from nlnoise.data.labels import flip_matrix
+from nlnoise.data.noisy import load
 from nlnoise.data.pipeline import eval_batches, make_global_batch, steps_per_epoch, train_iterator
 from nlnoise.data.preprocess import Preprocessor
-from nlnoise.data.sources import DataError, default_dataset_config
+from nlnoise.data.schema import DataError, default_dataset_config
 
 __all__ = [
     "DataError",

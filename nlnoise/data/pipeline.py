@@ -23,9 +23,9 @@ from typing import Any
 import grain
 import numpy as np
 
-from nlnoise.data.noisy import ExampleSource, NoisyDataset
+from nlnoise.data.examples import ExampleSource, NoisyDataset
 from nlnoise.data.preprocess import Preprocessor
-from nlnoise.data.sources import DataError, resolve_config
+from nlnoise.data.schema import DataError, resolve_config
 
 
 def _read_options(cfg) -> grain.ReadOptions:

@@ -15,14 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nlnoise.data.sources import (
-    DataError,
-    ImageProvider,
-    RawDataset,
-    atomic_save_npy,
-    cache_root,
-    load_cached_npy,
-)
+from nlnoise.data.cache import atomic_save_npy, cache_root, load_cached_npy
+from nlnoise.data.schema import DataError
+from nlnoise.data.sources.base import ImageProvider, RawDataset
 
 # Added to each image's pixel variance (pixel units, 0..255) before dividing by its standard
 # deviation, so flat images are not blown up (Coates & Ng's value for 0..255 pixels).
