@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -54,15 +55,19 @@ class Evaluator:
         self.batch_size = int(dataset_cfg.eval_batch_size)
         self.num_classes, self.q_true = num_classes, q_true
         self.max_cached_bytes = max_cached_bytes
-        stacked = _stacked_sharding(mesh)
-        self._passes = {
-            fn: jax.jit(lambda state, batches, fn=fn: jax.lax.map(lambda b: fn(state, b),
-                                                                  batches),
-                        in_shardings=(state_sharding, stacked), out_shardings=stacked)
-            for fn in (step_lib.eval_step, step_lib.val_step)}
-        self._steps = {fn: step_lib.jit_eval_step(mesh, state_sharding, fn)
-                       for fn in (step_lib.eval_step, step_lib.val_step)}
+        self.state_sharding = state_sharding
+        self._passes: dict[Callable, Callable] = {}
+        self._steps: dict[Callable, Callable] = {}
         self._cache: dict[int, tuple[Any, dict[str, jax.Array], dict[str, np.ndarray]]] = {}
+
+    def _pass(self, fn: Callable) -> Callable:
+        """``fn`` mapped over stacked batches in one jitted program (built once per ``fn``)."""
+        if fn not in self._passes:
+            stacked = _stacked_sharding(self.mesh)
+            self._passes[fn] = jax.jit(
+                lambda state, batches: jax.lax.map(lambda b: fn(state, b), batches),
+                in_shardings=(self.state_sharding, stacked), out_shardings=stacked)
+        return self._passes[fn]
 
     def _batches(self, source: data.ExampleSource):
         return data.eval_batches(source, self.dataset_cfg, self.ds,
@@ -78,17 +83,15 @@ class Evaluator:
 
     def _cached(self, source: data.ExampleSource):
         """The split on device (image, label, mask) and its global host label/outlier/mask."""
-        from jax.experimental import multihost_utils
-
         if id(source) not in self._cache:
             local = list(self._batches(source))
             stacked = {k: np.stack([b[k] for b in local])
                        for k in ("image", "label", "mask", "is_outlier")}
             arrays = data.make_global_batch(stacked, _stacked_sharding(self.mesh))
             host = multihost_utils.process_allgather(
-                {k: arrays.pop(k) if k == "is_outlier" else arrays[k]
-                 for k in ("label", "mask", "is_outlier")}, tiled=True)
+                {k: arrays[k] for k in ("label", "mask", "is_outlier")}, tiled=True)
             host = {k: np.asarray(v).reshape(-1) for k, v in host.items()}
+            del arrays["is_outlier"]  # no step reads it: only the host copy is kept
             # The source is kept with its arrays so that its id is not reused while cached.
             self._cache[id(source)] = (source, arrays, host)
         return self._cache[id(source)][1:]
@@ -96,27 +99,28 @@ class Evaluator:
     def outputs(self, state: step_lib.TrainState, source: data.ExampleSource,
                 fn: Callable = step_lib.eval_step) -> dict[str, np.ndarray]:
         """``fn``'s per-example outputs over ``source`` plus ``label`` and ``is_outlier``, as
-        host arrays of the real (unpadded) examples in split order, on every process."""
-        from jax.experimental import multihost_utils
+        host arrays of the real (unpadded) examples in split order, on every process.
 
+        ``fn(state, batch)`` is a per-example step such as :func:`~nlnoise.step.eval_step` or
+        :func:`~nlnoise.step.val_step` (outputs ``[B, ...]``, including ``mask``)."""
         if not self.fits_on_device(source):
             return self._streamed(state, source, fn)
         arrays, host = self._cached(source)
-        out = multihost_utils.process_allgather(self._passes[fn](state, arrays), tiled=True)
+        out = multihost_utils.process_allgather(self._pass(fn)(state, arrays), tiled=True)
         out = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in out.items()}
         out.update(label=host["label"], is_outlier=host["is_outlier"])
         keep = host["mask"].astype(bool)
         return {k: v[keep] for k, v in out.items()}
 
     def _streamed(self, state, source, fn) -> dict[str, np.ndarray]:
-        from jax.experimental import multihost_utils
-
         outs: dict[str, list[np.ndarray]] = {}
         batch_sh = sharding.batch_sharding(self.mesh)
         for local in self._batches(source):
             batch = data.make_global_batch(
                 {"image": local["image"], "label": local["label"], "mask": local["mask"]},
                 batch_sh)
+            if fn not in self._steps:
+                self._steps[fn] = step_lib.jit_eval_step(self.mesh, self.state_sharding, fn)
             o = self._steps[fn](state, batch)
             extra = data.make_global_batch(
                 {"is_outlier": local["is_outlier"], "label": local["label"]}, batch_sh)
