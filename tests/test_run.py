@@ -73,7 +73,7 @@ def test_same_command_on_finished_run_returns_summary_without_training(finished_
 
 def test_different_config_in_same_workdir_is_refused(finished_run):
     d, _ = finished_run
-    with pytest.raises(workdir.WorkdirError, match=r"noise\.level"):
+    with pytest.raises(workdir.WorkdirError, match=r"corruption\.level"):
         run.train_and_evaluate(_cfg("runlocal,noise=0.3"), d)
 
 
