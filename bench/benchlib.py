@@ -173,7 +173,8 @@ def nlnoise_step(model_name: str = "layers18pct", *, num_classes: int = 10, batc
     The optimizer is the paper's: ``nlnoise.optim.net_optimizer`` (SGD, momentum 0.9, weight
     decay 0.004 on kernels) and, for ``noise_model="learned"``, ``q_optimizer`` with
     ``freeze_steps=0`` so Q's decay and column projection run every step. The step is
-    ``nlnoise.train.jit_train_step`` over ``mesh`` (default: all devices on ``data``).
+    ``nlnoise.step.jit_train_step`` over ``mesh`` (default: all devices on ``data``), the
+    same function ``nlnoise-train`` runs (its logging window's sums included).
 
     Returns ``(runner, handles)``; ``handles`` holds the jitted step, the state (a one-element
     list, the state is donated) and the batch, for cost analysis and memory figures.
@@ -182,7 +183,8 @@ def nlnoise_step(model_name: str = "layers18pct", *, num_classes: int = 10, batc
     import jax.numpy as jnp
     import numpy as np
 
-    from nlnoise import models, optim, sharding, train
+    from nlnoise import models, optim, sharding
+    from nlnoise import step as step_lib
 
     mesh = mesh if mesh is not None else sharding.make_mesh(-1, 1)
     model = models.get_model(model_name, num_classes, **dict(model_kwargs or {}))
@@ -193,10 +195,10 @@ def nlnoise_step(model_name: str = "layers18pct", *, num_classes: int = 10, batc
     tx = optim.train_state_optimizer(net_tx, q_tx)
 
     def init():
-        return train.create_train_state(model, tx, input_shape=image_shape,
-                                        q_init=np.eye(num_classes, dtype=np.float32),
-                                        noise_model=noise_model, num_classes=num_classes,
-                                        seed=seed)
+        return step_lib.create_train_state(model, tx, input_shape=image_shape,
+                                           q_init=np.eye(num_classes, dtype=np.float32),
+                                           noise_model=noise_model, num_classes=num_classes,
+                                           seed=seed)
 
     abstract = jax.eval_shape(init)
     state_sh = sharding.state_shardings(mesh, abstract)
@@ -208,7 +210,7 @@ def nlnoise_step(model_name: str = "layers18pct", *, num_classes: int = 10, batc
     host = {"image": rng.standard_normal((batch, *image_shape), np.float32),
             "label": rng.integers(0, num_classes, batch).astype(np.int32)}
     batch_arrays = jax.device_put(host, sharding.batch_sharding(mesh))
-    step = train.jit_train_step(mesh, state_sh)
+    step = step_lib.jit_train_step(mesh, state_sh)
     holder = [state]
 
     def runner(n: int) -> float:

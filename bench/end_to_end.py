@@ -1,6 +1,6 @@
 """Benchmark (not a test): item 5 -- a short real training run's wall time over its step time.
 
-Runs ``nlnoise.train.train_and_evaluate`` with real configs in a temporary workdir, timing the
+Runs ``nlnoise.run.train_and_evaluate`` with real configs in a temporary workdir, timing the
 whole call: ``configs/fashion_mnist.py:runlocal`` (layers18pct, learned Q, 2000 training
 images, batch 100, 3 epochs, evaluation on 2000 test images and a checkpoint every epoch), the
 main job ``configs/fashion_mnist.py`` (30000 training images, batch 128, 5 epochs = 1170
@@ -11,8 +11,10 @@ and image shape) is then timed, median of ``--repeats``.
 ``efficiency = wall / (steps x median step)``.
 
 To say where the rest goes, the library's own functions are wrapped from here (nothing in
-``nlnoise`` is changed): the first train-step call (start-up: data load, state init and
-compilation end there), ``_evaluate`` and ``CheckpointStore.save``.
+``nlnoise`` is changed): the first call of the step made by ``nlnoise.step.jit_train_step``
+(start-up: data load, state init and compilation end there), ``eval_loop.Evaluator.__call__``
+(every evaluation, the first one including the one-time preprocessing of the splits onto the
+devices) and ``CheckpointStore.save``.
 
 Each config runs in its own process (jax fixes its CPU device count at its first operation,
 and ``mesh.cpu_devices`` auto picks it from the config's batch sizes), twice, with one fresh
@@ -62,16 +64,18 @@ def timed_run(cfg) -> dict[str, Any]:
     """Runs ``train_and_evaluate`` once, with wall time and a breakdown of where it went."""
     import jax
 
-    from nlnoise import checkpoint, train
+    from nlnoise import checkpoint, eval_loop, run
+    from nlnoise import step as step_lib
 
     marks: dict[str, float] = {"eval_s": 0.0, "checkpoint_save_s": 0.0}
-    orig_fns, orig_eval, orig_save, orig_load = (train._jitted_loop_fns, train._evaluate,
+    orig_jit, orig_eval, orig_save, orig_load = (step_lib.jit_train_step,
+                                                 eval_loop.Evaluator.__call__,
                                                  checkpoint.CheckpointStore.save,
-                                                 train.load_dataset)
+                                                 run.load_dataset)
     t_start = time.perf_counter()
 
-    def jitted_loop_fns(*a, **k):
-        train_fn, eval_fns = orig_fns(*a, **k)
+    def jit_train_step(*a, **k):
+        train_fn = orig_jit(*a, **k)
 
         def first_call_blocks(*args):
             out = train_fn(*args)
@@ -80,16 +84,16 @@ def timed_run(cfg) -> dict[str, Any]:
                 marks["startup_s"] = time.perf_counter() - t_start
             return out
 
-        return first_call_blocks, eval_fns
+        return first_call_blocks
 
     def load_dataset(*a, **k):
         ds = orig_load(*a, **k)
         marks["image_shape"], marks["num_classes"] = tuple(ds.image_shape), int(ds.num_classes)
         return ds
 
-    def evaluate(*a, **k):
+    def evaluate(self, *a, **k):
         t0 = time.perf_counter()
-        out = orig_eval(*a, **k)
+        out = orig_eval(self, *a, **k)
         marks["eval_s"] += time.perf_counter() - t0
         return out
 
@@ -99,15 +103,15 @@ def timed_run(cfg) -> dict[str, Any]:
         marks["checkpoint_save_s"] += time.perf_counter() - t0
         return out
 
-    train._jitted_loop_fns, train._evaluate = jitted_loop_fns, evaluate
-    train.load_dataset = load_dataset
+    step_lib.jit_train_step, eval_loop.Evaluator.__call__ = jit_train_step, evaluate
+    run.load_dataset = load_dataset
     checkpoint.CheckpointStore.save = save
     try:
         with tempfile.TemporaryDirectory() as workdir:
-            summary = train.train_and_evaluate(cfg, workdir)
+            summary = run.train_and_evaluate(cfg, workdir)
     finally:
-        train._jitted_loop_fns, train._evaluate = orig_fns, orig_eval
-        train.load_dataset = orig_load
+        step_lib.jit_train_step, eval_loop.Evaluator.__call__ = orig_jit, orig_eval
+        run.load_dataset = orig_load
         checkpoint.CheckpointStore.save = orig_save
     marks["wall_s"] = time.perf_counter() - t_start
     marks["steps"] = int(summary["steps"])

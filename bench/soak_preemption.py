@@ -2,12 +2,12 @@
 
     python bench/soak_preemption.py --kills=12 --config=configs/digits.py --workdir=/tmp/soak
 
-The run is started with ``NLNOISE_TRACE_PHASES=1``, so it announces on stderr when it is
-training, evaluating or writing an asynchronous checkpoint. Each kill waits for one of these
-phases (cycling mid-step, mid-evaluation, mid-checkpoint-write), then for a random delay, then
-sends SIGKILL; the same command is started again. After the planned kills the run is left to
-finish. Its final parameters (sha256 over every array), Q and metrics.jsonl are compared with
-an uninterrupted run of the same config on the same device count.
+The run is ``bench/traced_train.py`` (``nlnoise-train`` with a phase callback), so it announces
+on stderr when it is training, evaluating or writing an asynchronous checkpoint. Each kill waits
+for one of these phases (cycling mid-step, mid-evaluation, mid-checkpoint-write), then for a
+random delay, then sends SIGKILL; the same command is started again. After the planned kills the
+run is left to finish. Its final parameters (sha256 over every array), Q and metrics.jsonl are
+compared with an uninterrupted run of the same config on the same device count.
 
 Prints a JSON report (kills made, kills survived, equality) and writes it to
 ``bench/results/soak_preemption.json``. ``tests/test_reliability.py`` runs a short version.
@@ -31,12 +31,12 @@ PHASES = ("train", "eval", "checkpoint-writing")
 
 
 def _cmd(config: str, workdir: pathlib.Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "nlnoise.main", f"--config={config}", f"--workdir={workdir}",
-            "--config.progress_bar=False", *extra]
+    return [sys.executable, str(REPO / "bench" / "traced_train.py"), f"--config={config}",
+            f"--workdir={workdir}", "--config.progress_bar=False", *extra]
 
 
 def _env(devices: int) -> dict[str, str]:
-    return {**os.environ, "NLNOISE_TRACE_PHASES": "1", "JAX_PLATFORMS": "cpu",
+    return {**os.environ, "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 

@@ -1,6 +1,6 @@
 """Benchmark (not a test): items 1 and 3 -- train-step throughput against PyTorch, and MFU.
 
-nlnoise's jitted train step (``nlnoise.train.jit_train_step``: the paper's CIFAR network
+nlnoise's jitted train step (``nlnoise.step.jit_train_step``: the paper's CIFAR network
 ``layers18pct``, batch 128, 32x32x3, SGD momentum 0.9 with weight decay, no noise layer)
 runs in this process; the same network and step in PyTorch 2.13 CPU run in worker
 subprocesses (``bench/torch_step.py``): 2 threads (this machine's cores), 1 thread, and 2

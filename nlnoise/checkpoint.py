@@ -5,6 +5,10 @@ renamed), so a save interrupted by SIGKILL never looks like a checkpoint. A chec
 complete but damaged later (truncated or overwritten files) fails to restore; :meth:`restore`
 then says so and falls back to the next newest one. Nothing here ever deletes a checkpoint
 except orbax's ``max_to_keep`` rotation of older, intact ones after a successful save.
+
+``read_only=True`` (:class:`CheckpointStore` and :class:`BestParams`) reads a run without
+changing anything under its directory: nothing is created, moved, renamed or written, and a
+damaged checkpoint is skipped where it lies (for tools that inspect a finished or running run).
 """
 
 from __future__ import annotations
@@ -32,19 +36,31 @@ def abstract_like(tree, shardings):
     )
 
 
-class CheckpointStore:
-    """Periodic, asynchronous saves of ``{state, data}`` under ``directory``, last ``keep`` kept."""
+def _read_only_options(**kwargs) -> ocp.CheckpointManagerOptions:
+    # Orbax's read-only mode skips saves, deletions, directory creation and its root metadata.
+    return ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                        enable_async_checkpointing=False, **kwargs)
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+
+class CheckpointStore:
+    """Periodic, asynchronous saves of ``{state, data}`` under ``directory``, last ``keep`` kept.
+
+    With ``read_only`` the store only restores, and never changes the directory (see the
+    module docstring).
+    """
+
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        self.read_only = read_only
         self._pending: int | None = None
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
-            ),
-            item_names=("state", "data"),
-        )
+        if read_only and not os.path.isdir(self.directory):
+            raise CheckpointError(f"no checkpoint directory at {self.directory}: the run has "
+                                  "not saved a checkpoint yet.")
+        options = (_read_only_options() if read_only else ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("state", "data"))
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
@@ -57,6 +73,9 @@ class CheckpointStore:
         The iterator state is captured now; the arrays are written in the background. Raises
         :class:`CheckpointError` (the previous checkpoints stay as they were) if it fails.
         """
+        if self.read_only:
+            raise CheckpointError(f"the checkpoint store at {self.directory} was opened "
+                                  "read-only; open it without read_only=True to save.")
         self._pending = int(step)
         try:
             self._manager.save(
@@ -86,32 +105,31 @@ class CheckpointStore:
                 "or fix the directory's permissions and resume."
             ) from e
 
-    def restore(self, abstract_state: Any, data_iterator) -> tuple[Any, int] | None:
+    def restore(self, abstract_state: Any, data_iterator=None) -> tuple[Any, int] | None:
         """Restores the newest intact checkpoint into ``abstract_state``'s structure/shardings.
 
-        Positions ``data_iterator`` where that checkpoint left it. Returns ``(state_items,
-        step)``, or None when there is no checkpoint. Damaged checkpoints are skipped with a
-        warning and moved to ``<directory>-damaged/`` (kept for inspection, and out of the way
-        of the step numbers the resumed run will save again).
+        Positions ``data_iterator`` where that checkpoint left it (None: the state alone is
+        read). Returns ``(state_items, step)``, or None when there is no checkpoint. Damaged
+        checkpoints are skipped with a warning and moved to ``<directory>-damaged/`` (kept for
+        inspection, and out of the way of the step numbers the resumed run will save again);
+        a read-only store leaves them where they are.
         """
         steps = self.steps()
         for step in reversed(steps):
+            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            if data_iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
-                restored = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=grain.checkpoint.CheckpointRestore(data_iterator),
-                    ),
-                )
+                restored = self._manager.restore(step, args=ocp.args.Composite(**items))
                 state = restored["state"]
                 jax.block_until_ready(state)
             except Exception as e:
-                moved = self._quarantine(step)
+                where = ("left in place (read-only)" if self.read_only
+                         else f"moved to {self._quarantine(step)}")
                 log.warning(
-                    "checkpoint at step %d is damaged and was skipped (%s: %s); moved to %s. "
+                    "checkpoint at step %d is damaged and was skipped (%s: %s); %s. "
                     "Falling back to an older one.",
-                    step, type(e).__name__, (str(e).splitlines() or [""])[0][:300], moved,
+                    step, type(e).__name__, (str(e).splitlines() or [""])[0][:300], where,
                 )
                 continue
             if step != steps[-1]:
@@ -119,9 +137,11 @@ class CheckpointStore:
                             steps[-1])
             return state, step
         if steps:
+            fix = ("Resume the run (nlnoise-train with the same command) to replace them."
+                   if self.read_only else
+                   "Move the directory aside to start afresh (nothing was deleted).")
             raise CheckpointError(
-                f"none of the checkpoints {steps} under {self.directory} could be read. Move "
-                "the directory aside to start afresh (nothing was deleted)."
+                f"none of the checkpoints {steps} under {self.directory} could be read. {fix}"
             )
         return None
 
@@ -159,19 +179,22 @@ class BestParams:
     One orbax checkpoint under ``directory``; orbax's own best-checkpoint retention
     (``best_fn``, ``max_to_keep=1``) decides which save survives, and deletes the old one only
     after the new one is complete. Used with ``val_noisy_loss`` for label-free early stopping.
+    With ``read_only`` it only restores and never changes the directory.
     """
 
-    def __init__(self, directory: str, metric: str = "val_noisy_loss"):
+    def __init__(self, directory: str, metric: str = "val_noisy_loss", *,
+                 read_only: bool = False):
         self.directory = os.path.abspath(directory)
         self.metric = metric
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, create=True, best_fn=lambda m: m[metric], best_mode="min",
-                enable_async_checkpointing=False,
-            ),
-            item_names=("params",),
-        )
+        self.read_only = read_only
+        best = {"best_fn": lambda m: m[metric], "best_mode": "min"}
+        if read_only and not os.path.isdir(self.directory):
+            raise CheckpointError(f"no best parameters at {self.directory}: the run has no "
+                                  "held-out split (dataset.val_size) or no evaluation yet.")
+        options = (_read_only_options(**best) if read_only else ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, enable_async_checkpointing=False, **best))
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("params",))
 
     def steps(self) -> list[int]:
         self._manager.reload()
@@ -179,12 +202,17 @@ class BestParams:
 
     def drop_after(self, step: int) -> None:
         """Deletes saves after ``step``: a resumed run replays from there and finds them again."""
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only; nothing is deleted.")
         for s in self.steps():
             if s > step:
                 self._manager.delete(s)
 
     def save(self, step: int, params: Any, value: float) -> None:
         """Saves ``params`` (a pytree) with ``{metric: value}``; a step already saved is kept."""
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only; open it without "
+                                  "read_only=True to save.")
         if int(step) in self.steps():
             return
         try:

@@ -60,9 +60,8 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from nlnoise import noise
+from nlnoise.q_schedule import DECAY_RULES as Q_DECAY_RULES
 
-NOISE_MODELS = ("none", "learned", "true", "outlier")
-Q_DECAY_RULES = ("constant", "lower_on_rise", "lower_on_plateau")
 Q_REGULARIZERS = ("weight_decay", "trace")
 
 
@@ -348,6 +347,9 @@ def _validate_corruption(cfg: ml_collections.ConfigDict) -> None:
 
 
 def _validate_noise_model(cfg: ml_collections.ConfigDict) -> None:
+    # The names live with the step that implements them (jax is imported by now anyway).
+    from nlnoise.step import NOISE_MODELS
+
     n = cfg.noise
     if n.model not in NOISE_MODELS:
         raise _err("noise.model", f"must be one of {NOISE_MODELS}, got {n.model!r}.")

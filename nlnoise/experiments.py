@@ -6,7 +6,7 @@
                                  root="runs/sweep", base_variant="epochs=8")
     experiments.to_dataframe(table)           # pandas, if installed
 
-Each cell is one run of ``nlnoise.train.train_and_evaluate`` in its own workdir
+Each cell is one run of ``nlnoise.run.train_and_evaluate`` in its own workdir
 ``root/<cell>``; a finished cell is read back instead of being trained again, and an
 interrupted one resumes from its checkpoint, so a long sweep can be stopped and restarted (even
 in another session). ``nlnoise-sweep`` runs the same grids from the shell.
@@ -121,7 +121,7 @@ def run_grid(
       placeholders: text replaced in variants before they are parsed (not in cell names),
         e.g. ``{"{root}": root}`` lets a cell read an earlier cell's output.
       overrides: ``{dotted.key: value}`` applied last to every cell (e.g. progress bars off).
-      train_fn: defaults to :func:`nlnoise.train.train_and_evaluate`.
+      train_fn: defaults to :func:`nlnoise.run.train_and_evaluate`.
       finished_only: train nothing; tabulate the cells that have finished.
       keep_going: a cell that fails (bad config, non-finite loss, ...) gets a record with its
         ``error`` and the sweep goes on; otherwise the error propagates.
@@ -133,9 +133,9 @@ def run_grid(
       ``best_q_rel_l1``, ... of the evaluation with the lowest ``val_noisy_loss``.
     """
     if train_fn is None:
-        from nlnoise import train
+        from nlnoise import run as run_lib
 
-        train_fn = train.train_and_evaluate
+        train_fn = run_lib.train_and_evaluate
     records = []
     os.makedirs(root, exist_ok=True)
     cells = expand(grid)

@@ -11,10 +11,12 @@ the ``NLNOISE_COORDINATOR`` environment variable) is set, or on a TPU pod with
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -49,7 +51,8 @@ def _init_distributed() -> None:
         jax.distributed.initialize()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], on_phase: Callable[[str, int], None] | None = None) -> int:
+    """Runs the configured experiment; ``on_phase`` goes to ``run.train_and_evaluate``."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _WORKDIR.value is None:
@@ -66,21 +69,22 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         _fail(str(e).splitlines()[0] + " " + " ".join(str(e).splitlines()[1:]).strip())
 
-    from nlnoise import train
+    from nlnoise import run as run_lib
     from nlnoise.checkpoint import CheckpointError
     from nlnoise.config import ConfigError
     from nlnoise.data import DataError
     from nlnoise.noise import NoiseMatrixError
+    from nlnoise.step import NonFiniteError
     from nlnoise.workdir import WorkdirError
 
     # A full disk or a file-size limit then raises an OSError we report, instead of killing
     # the process with SIGXFSZ halfway through a write.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        summary = train.train_and_evaluate(cfg, _WORKDIR.value,
-                                           overwrite=_OVERWRITE.value)
+        summary = run_lib.train_and_evaluate(cfg, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                                             on_phase=on_phase)
     except (ConfigError, DataError, NoiseMatrixError, WorkdirError, CheckpointError,
-            train.NonFiniteError) as e:
+            NonFiniteError) as e:
         print(f"nlnoise-train: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
@@ -128,9 +132,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         raise
 
 
-def run() -> None:
-    """Console-script entry point."""
-    app.run(main, flags_parser=_parse_flags)
+def run(on_phase: Callable[[str, int], None] | None = None) -> None:
+    """Console-script entry point. ``on_phase(name, step)`` is told when the training loop
+    enters a phase (see ``nlnoise.run.PhaseCallback``; bench/traced_train.py prints them)."""
+    app.run(functools.partial(main, on_phase=on_phase), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ class QDecayState(NamedTuple):
     """State of :func:`add_q_regularizer`: a multiplier of its strength, 1 unless lowered.
 
     Training lowers it with ``optax.tree.set(opt_state, q_decay_scale=...)`` (the paper lowered
-    the decay on Q when the training cost climbed; see :func:`nlnoise.train.next_decay_scale`).
+    the decay on Q when the training cost climbed; see :mod:`nlnoise.q_schedule`).
     Being part of the optimizer state, it is checkpointed with it.
     """
 

@@ -34,7 +34,7 @@ Q_COLUMN_MULTIPLE = 128
 # concurrently. layers18pct, batch 128, 2 cores: 1 / 2 / 4 / 8 devices gave 1.0 / 1.09 / 1.30 /
 # 1.50x the images/s (docs/performance.md), so ``auto`` (the default) asks for up to 8. The
 # devices' all-reduces rendezvous in-process: a loop must not run far ahead of them
-# (train.DispatchWindow), or XLA:CPU deadlocks and aborts the process.
+# (nlnoise.step.DispatchWindow), or XLA:CPU deadlocks and aborts the process.
 AUTO_CPU_DEVICES = (8, 4, 2)
 log = logging.getLogger(__name__)
 

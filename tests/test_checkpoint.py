@@ -1,4 +1,5 @@
-"""CheckpointStore: state + data iterator round trip, damaged checkpoints, failed saves."""
+"""CheckpointStore: state + data iterator round trip, damaged checkpoints, failed saves, and
+read-only restores that never change the directory."""
 
 import os
 import pathlib
@@ -171,3 +172,52 @@ def test_unreadable_best_params_name_the_directory(tmp_path):
             f.write_bytes(b"garbage")
     with pytest.raises(checkpoint.CheckpointError, match="best parameters at step 1"):
         checkpoint.BestParams(str(tmp_path / "best")).restore(_tree(0.0))
+
+
+def _listing(d: pathlib.Path) -> dict[str, tuple]:
+    return {str(p.relative_to(d)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in [d, *d.rglob("*")]}
+
+
+def test_read_only_store_skips_damage_in_place_and_writes_nothing(tmp_path, digits, caplog):
+    it = _iterator(digits)
+    directory = tmp_path / "ckpt"
+    store = checkpoint.CheckpointStore(str(directory), keep=3)
+    for s in (1, 2):
+        store.save(s, _tree(float(s)), it)
+    store.close()
+    _corrupt(directory / "2", "truncate")
+    before = _listing(tmp_path)
+    reader = checkpoint.CheckpointStore(str(directory), read_only=True)
+    with caplog.at_level("WARNING", logger="nlnoise"):
+        state, step = reader.restore(_tree(0.0))  # no data iterator: the state alone
+    assert step == 1 and float(state["w"][0, 0]) == 1.0
+    assert "step 2 is damaged" in caplog.text and "left in place" in caplog.text
+    with pytest.raises(checkpoint.CheckpointError, match="read-only"):
+        reader.save(3, _tree(3.0), it)
+    reader.close()
+    assert _listing(tmp_path) == before  # nothing moved, renamed, created or written
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint directory"):
+        checkpoint.CheckpointStore(str(tmp_path / "none"), read_only=True)
+    assert not (tmp_path / "none").exists()
+
+
+def test_read_only_best_params_restore_and_refuse_changes(tmp_path):
+    best = checkpoint.BestParams(str(tmp_path / "best"))
+    for step, value in ((1, 0.9), (2, 0.5)):
+        best.save(step, _tree(float(step)), value)
+    best.close()
+    before = _listing(tmp_path)
+    reader = checkpoint.BestParams(str(tmp_path / "best"), read_only=True)
+    params, step = reader.restore(_tree(0.0))
+    assert step == 2
+    np.testing.assert_array_equal(params["w"], np.full((3, 4), 2.0))
+    with pytest.raises(checkpoint.CheckpointError, match="read-only"):
+        reader.save(3, _tree(3.0), 0.1)
+    with pytest.raises(checkpoint.CheckpointError, match="read-only"):
+        reader.drop_after(0)
+    reader.close()
+    assert _listing(tmp_path) == before
+    with pytest.raises(checkpoint.CheckpointError, match=r"no best parameters.*val_size"):
+        checkpoint.BestParams(str(tmp_path / "missing"), read_only=True)
+    assert not (tmp_path / "missing").exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nlnoise import config as config_lib
-from nlnoise import experiments, train
+from nlnoise import experiments, run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "configs" / "digits.py")
@@ -79,7 +79,7 @@ def test_rerun_skips_finished_cells_and_runs_only_new_ones(sweep):
 
     def counting(cfg, workdir):
         calls.append(workdir)
-        return train.train_and_evaluate(cfg, workdir)
+        return run.train_and_evaluate(cfg, workdir)
 
     again = experiments.run_grid(DIGITS, {**grid, "model": ["none", "learned", "true"]},
                                  root=root, base_variant=BASE, overrides=QUIET,

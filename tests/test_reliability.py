@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from nlnoise import checkpoint, config, data, noise, train, workdir
+from nlnoise import checkpoint, config, data, noise, run, workdir
+from nlnoise.step import NonFiniteError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -38,7 +39,7 @@ def _cfg(arg="runlocal", **overrides):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
-    return d, train.train_and_evaluate(_cfg(), str(d))
+    return d, run.train_and_evaluate(_cfg(), str(d))
 
 
 def _metrics(d):
@@ -70,7 +71,7 @@ def test_sigkill_mid_step_mid_eval_mid_checkpoint_then_identical_result(tmp_path
 def test_damaged_latest_checkpoint_falls_back_and_result_is_unchanged(tmp_path, reference, how,
                                                                       caplog):
     ref_dir, ref = reference
-    train.train_and_evaluate(_cfg(max_steps=66), str(tmp_path))
+    run.train_and_evaluate(_cfg(max_steps=66), str(tmp_path))
     ckpts = tmp_path / "checkpoints"
     assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())[-1] == 66
     files = [p for p in (ckpts / "66").rglob("*") if p.is_file() and p.stat().st_size]
@@ -80,7 +81,7 @@ def test_damaged_latest_checkpoint_falls_back_and_result_is_unchanged(tmp_path, 
         else:
             p.unlink()
     with caplog.at_level("WARNING", logger="nlnoise"):
-        out = train.train_and_evaluate(_cfg(), str(tmp_path))
+        out = run.train_and_evaluate(_cfg(), str(tmp_path))
     assert "step 66 is damaged" in caplog.text and "Falling back" in caplog.text
     assert "resumed from step 44, not the newest checkpoint (66)" in caplog.text
     # The damaged one was moved aside (kept), not deleted, and not reused.
@@ -104,8 +105,8 @@ def test_poisoned_batch_stops_the_run_naming_step_and_keeps_last_good_checkpoint
         return real(local, sharding)
 
     monkeypatch.setattr(data, "make_global_batch", poisoned)
-    with pytest.raises(train.NonFiniteError, match=r"non-finite .*at step 30") as e:
-        train.train_and_evaluate(_cfg(checkpoint_every_steps=10), str(tmp_path))
+    with pytest.raises(NonFiniteError, match=r"non-finite .*at step 30") as e:
+        run.train_and_evaluate(_cfg(checkpoint_every_steps=10), str(tmp_path))
     assert "loss" in str(e.value) or "gradients" in str(e.value)
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] == 30  # saved before the bad step ran; nothing after it
@@ -196,7 +197,7 @@ def test_bad_input_is_rejected_before_training_and_leaves_no_output(tmp_path, ba
             return
     work = tmp_path / "work"
     with pytest.raises((config.ConfigError, data.DataError, noise.NoiseMatrixError)) as e:
-        train.train_and_evaluate(cfg, str(work))
+        run.train_and_evaluate(cfg, str(work))
     assert named in str(e.value), str(e.value)
     assert not work.exists() or not any(work.iterdir())
 
@@ -209,7 +210,7 @@ def test_wrong_type_and_unknown_key_are_refused():
         config.set_path(cfg, "noise.levl", 0.3)
 
 
-# 5. Workdir safety (see also test_train_loop) ---------------------------------------------------
+# 5. Workdir safety (see also test_run) ---------------------------------------------------
 
 def test_different_config_is_refused_and_finished_results_untouched(tmp_path, reference):
     ref_dir, _ = reference
@@ -217,7 +218,7 @@ def test_different_config_is_refused_and_finished_results_untouched(tmp_path, re
     shutil.copytree(ref_dir, d)
     before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
     with pytest.raises(workdir.WorkdirError, match="different config"):
-        train.train_and_evaluate(_cfg("runlocal,noise=0.2"), str(d))
+        run.train_and_evaluate(_cfg("runlocal,noise=0.2"), str(d))
     assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before
 
 

@@ -1,4 +1,5 @@
-"""Train state, pure train/eval steps, non-finite detection, device-count agreement."""
+"""nlnoise.step: train state, pure train/eval steps, non-finite detection, device-count
+agreement, the on-device logging window, and an import free of the run machinery."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from nlnoise import models, noise, optim, sharding, train
+from nlnoise import models, noise, optim, sharding
+from nlnoise import step as step_lib
 
 K = 4
 
@@ -16,7 +18,7 @@ def _state(noise_model="learned", freeze_steps=0, q_init=None, lr=0.1, seed=0):
     q_tx = (optim.q_optimizer(lr, weight_decay=0.1, freeze_steps=freeze_steps)
             if noise_model == "learned" else None)
     tx = optim.train_state_optimizer(optim.net_optimizer(lr, momentum=0.9), q_tx)
-    return train.create_train_state(
+    return step_lib.create_train_state(
         model, tx, input_shape=(8, 8, 1), q_init=np.eye(K) if q_init is None else q_init,
         noise_model=noise_model, num_classes=K, seed=seed)
 
@@ -29,7 +31,7 @@ def _batch(seed=0, n=16):
 
 def test_train_step_is_pure_and_reduces_loss():
     state, batch = _state("none"), _batch()
-    step = jax.jit(train.train_step)
+    step = jax.jit(step_lib.train_step)
     rng = jax.random.key(1)
     a, ma = step(state, batch, rng)
     b, mb = step(state, batch, rng)
@@ -44,7 +46,7 @@ def test_train_step_is_pure_and_reduces_loss():
 
 def test_q_is_frozen_bit_for_bit_then_learned_and_fixed_q_never_moves():
     state, batch = _state("learned", freeze_steps=3), _batch()
-    step = jax.jit(train.train_step)
+    step = jax.jit(step_lib.train_step)
     for t in range(5):
         state, _ = step(state, batch, jax.random.key(t))
         if t < 3:
@@ -61,8 +63,8 @@ def test_q_is_frozen_bit_for_bit_then_learned_and_fixed_q_never_moves():
 def test_eval_removes_the_noise_layer():
     state = _state("true", q_init=noise.pair_flip(K, 0.45))
     batch = {**_batch(), "mask": jnp.ones(16, bool)}
-    out = train.eval_step(state, batch)
-    logits = train.predict(state, batch["image"])
+    out = step_lib.eval_step(state, batch)
+    logits = step_lib.predict(state, batch["image"])
     np.testing.assert_array_equal(out["pred"], np.argmax(logits, -1))
     p = jax.nn.softmax(logits)
     np.testing.assert_allclose(out["outlier_score"], -np.sum(p * np.log(p), -1), rtol=1e-5)
@@ -71,11 +73,11 @@ def test_eval_removes_the_noise_layer():
 def test_outlier_model_scores_with_the_extra_output():
     model = models.get_model("tiny_cnn", K + 1)
     tx = optim.train_state_optimizer(optim.net_optimizer(0.1), None)
-    state = train.create_train_state(model, tx, input_shape=(8, 8, 1),
+    state = step_lib.create_train_state(model, tx, input_shape=(8, 8, 1),
                                      q_init=noise.outlier_eqn9(K, 0.2), noise_model="outlier",
                                      num_classes=K)
-    out = train.eval_step(state, _batch())
-    logits = train.predict(state, _batch()["image"])
+    out = step_lib.eval_step(state, _batch())
+    logits = step_lib.predict(state, _batch()["image"])
     np.testing.assert_allclose(out["outlier_score"], jax.nn.softmax(logits)[:, K], rtol=1e-5)
     assert int(out["pred"].max()) < K  # predictions only among the K inlier classes
 
@@ -83,7 +85,7 @@ def test_outlier_model_scores_with_the_extra_output():
 @pytest.mark.parametrize("poison", ["image", "q"])
 def test_non_finite_is_caught_named_and_state_held(poison):
     state, batch = _state("learned"), _batch()
-    step = jax.jit(train.train_step)
+    step = jax.jit(step_lib.train_step)
     state, _ = step(state, batch, jax.random.key(0))
     good = jax.tree.map(np.asarray, state.params)
     if poison == "image":
@@ -93,8 +95,8 @@ def test_non_finite_is_caught_named_and_state_held(poison):
                                       "q": state.params["q"].at[0, 0].set(jnp.inf)})
     state, _ = step(state, batch, jax.random.key(1))
     state, _ = step(state, _batch(1), jax.random.key(2))  # later good steps don't hide it
-    with pytest.raises(train.NonFiniteError, match="at step 1") as e:
-        train.check_finite(state)
+    with pytest.raises(step_lib.NonFiniteError, match="at step 1") as e:
+        step_lib.check_finite(state)
     # A NaN pixel can vanish in max-pooling's forward pass but never in its gradient.
     assert ("gradients" in str(e.value)) if poison == "image" else ("Q" in str(e.value))
     if poison == "image":  # parameters were held at their last finite values
@@ -112,7 +114,7 @@ def test_same_results_on_1_and_n_devices(data, model):
                  sharding.make_mesh(data, model, devices[: data * model])):
         base = _state("learned", q_init=noise.symmetric(K, 0.2))  # fresh: steps donate it
         st_sh = sharding.state_shardings(mesh, base)
-        step = train.jit_train_step(mesh, st_sh)
+        step = step_lib.jit_train_step(mesh, st_sh)
         s = jax.device_put(base, st_sh)
         for b in batches:
             s, m = step(s, jax.device_put(b, sharding.batch_sharding(mesh)))
@@ -138,22 +140,13 @@ def test_train_state_optimizer_gives_q_zero_updates_when_fixed():
     assert float(optax.tree.norm(updates["net"])) > 0
 
 
-def test_lower_on_rise_rule():
-    rule = lambda losses, s=1.0: train.next_decay_scale(losses, s, factor=0.1, tolerance=0.0)
-    assert rule([2.0]) == 1.0  # nothing to compare with yet
-    assert rule([2.0, 1.9, 1.8]) == 1.0  # still falling
-    assert rule([2.0, 1.8, 1.85]) == pytest.approx(0.1)  # rose above its best: lower decay
-    assert rule([2.0, 1.8, 1.85], 0.1) == pytest.approx(0.01)
-    assert train.next_decay_scale([1.8, 1.81], 1.0, factor=0.1, tolerance=0.01) == 1.0
-
-
 def test_val_step_scores_the_combined_model_against_noisy_labels():
     q_star = noise.paper_random(K, 0.5, seed=3)
     batch = {**_batch(2), "mask": jnp.asarray([True] * 12 + [False] * 4)}
     for model, q in (("none", None), ("true", q_star)):
         state = _state(model, q_init=q)
-        out = jax.jit(train.val_step)(state, batch)
-        logits = train.predict(state, batch["image"])
+        out = jax.jit(step_lib.val_step)(state, batch)
+        logits = step_lib.predict(state, batch["image"])
         p = np.asarray(jax.nn.softmax(logits, -1), np.float64)
         p_noisy = p if q is None else p @ q_star.T  # (Q p)_j = sum_i q[j, i] p_i
         labels = np.asarray(batch["label"])
@@ -163,35 +156,12 @@ def test_val_step_scores_the_combined_model_against_noisy_labels():
         np.testing.assert_array_equal(out["noisy_correct"], correct)
 
 
-def test_best_record_is_the_lowest_held_out_noisy_loss():
-    recs = [{"epoch": 1, "val_noisy_loss": 2.0}, {"epoch": 2, "val_noisy_loss": 1.5},
-            {"epoch": 3, "val_noisy_loss": 1.5}, {"epoch": 4, "val_noisy_loss": 1.7}]
-    assert train.best_record(recs)["epoch"] == 2  # the earliest of equals
-    assert train.best_record([{"epoch": 1, "test_error": 0.1}]) is None
-    assert train.best_record([]) is None
-
-
-def test_trace_plateau_rule():
-    plateaued = train.trace_plateaued
-    assert not plateaued([8.0, 6.5], [4.0, 5.0], 0.01)  # one window: nothing to compare with
-    assert not plateaued([10.0, 8.0, 6.5], [3.0, 4.0, 5.0], 0.01)  # still falling fast
-    # Fast, slowing, then 0.7% per epoch: settled.
-    assert plateaued([8.0, 6.5, 4.05, 4.02], [4.0, 5.0, 6.0, 7.0], 0.01)
-    assert not plateaued([8.0, 6.5, 4.05, 4.02], [4.0, 5.0, 6.0, 6.5], 0.01)  # in half an epoch
-    assert not plateaued([8.0, 6.5, 4.0, 4.5], [4.0, 5.0, 6.0, 7.0], 0.01)  # rising again
-    # A Q that barely moved, or moves slowly and steadily, has not settled: its rate is not far
-    # below its fastest.
-    assert not plateaued([10.0, 9.99, 9.98], [10.0, 11.0, 12.0], 0.01)
-    assert not plateaued([9.0, 8.95, 8.9, 8.85], [4.0, 5.0, 6.0, 7.0], 0.01)
-    assert not plateaued([8.0, 6.5, 4.0, 4.0], [4.0, 5.0, 6.0, 7.0], 0.0)  # tolerance 0: never
-
-
 def test_decay_scale_lives_in_the_optimizer_state_and_can_be_lowered():
     state = _state("learned")
     assert float(optax.tree.get(state.opt_state, "q_decay_scale")) == 1.0
     lowered = optax.tree.set(state.opt_state, q_decay_scale=jnp.asarray(0.0))
     batch = _batch()
-    step = jax.jit(train.train_step)
+    step = jax.jit(step_lib.train_step)
     without, _ = step(state.replace(opt_state=lowered), batch, jax.random.key(0))
     with_decay, _ = step(state, batch, jax.random.key(0))
     # The decay diffuses Q, so switching it off leaves Q with a larger trace.
@@ -206,14 +176,14 @@ def test_confusion_start_sets_q_from_predictions_at_the_end_of_the_freeze(padded
     model = models.get_model("tiny_cnn", K)
     tx = optim.train_state_optimizer(optim.net_optimizer(0.0, momentum=0.0),
                                      optim.q_optimizer(0.0, weight_decay=0.0, freeze_steps=3))
-    state = train.create_train_state(model, tx, input_shape=(8, 8, 1), q_init=np.eye(K),
+    state = step_lib.create_train_state(model, tx, input_shape=(8, 8, 1), q_init=np.eye(K),
                                      noise_model="learned", num_classes=K, q_init_step=3,
                                      q_stats_from=1)
-    step = jax.jit(train.train_step)
+    step = jax.jit(step_lib.train_step)
     batches = [_batch(s) for s in range(4)]
     probs = []
     for t, b in enumerate(batches):
-        logits = train.predict(state, b["image"])
+        logits = step_lib.predict(state, b["image"])
         probs.append((np.asarray(jax.nn.softmax(logits)), np.asarray(b["label"])))
         state, _ = step(state, b, jax.random.key(t))
     stats = np.zeros((K, K))
@@ -237,7 +207,7 @@ def test_padded_q_trains_like_square_q_and_shards_when_k_does_not_divide(monkeyp
         assert state.params["q"].shape == (K, 8 if pad else K) and state.q.shape == (K, K)
         mesh = sharding.make_mesh(1, 8 if pad else 1)
         st_sh = sharding.state_shardings(mesh, state)
-        step = train.jit_train_step(mesh, st_sh)
+        step = step_lib.jit_train_step(mesh, st_sh)
         s = jax.device_put(state, st_sh)
         if pad:
             assert sharding.per_device_bytes(s.params["q"]) == K * 8 * 4 // 8
@@ -258,7 +228,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nlnoise import train
+from nlnoise import step as step_lib
 
 jax.config.update("jax_num_cpu_devices", 8)
 mesh = Mesh(jax.devices(), ("d",))
@@ -276,11 +246,11 @@ def step(x, w):
 
 x = jax.device_put(jnp.ones((8, 192, 192)), NamedSharding(mesh, P("d")))
 w = jax.device_put(jnp.eye(192), NamedSharding(mesh, P()))
-window = train.DispatchWindow()
+window = step_lib.DispatchWindow()
 for _ in range(300):
     w, metric = step(x, w)
     window.push(metric)
-    assert len(window) <= train.MAX_STEPS_IN_FLIGHT
+    assert len(window) <= step_lib.MAX_STEPS_IN_FLIGHT
 jax.block_until_ready(w)
 print("finished")
 """
@@ -305,4 +275,64 @@ def test_dispatch_window_prevents_the_cpu_all_reduce_deadlock(tmp_path):
 
 def test_dispatch_window_rejects_a_zero_limit():
     with pytest.raises(ValueError, match="limit=0"):
-        train.DispatchWindow(0)
+        step_lib.DispatchWindow(0)
+
+
+def test_window_sums_stay_on_device_in_the_state_and_restart_when_zeroed():
+    state, batch = _state("learned"), _batch()
+    step = jax.jit(step_lib.train_step)
+    losses, errors = [], []
+    for t in range(3):
+        state, m = step(state, _batch(t), jax.random.key(t))
+        losses.append(m["loss"])
+        errors.append(m["noisy_error"])
+    w = jax.device_get(state.window)
+    assert int(w["count"]) == 3
+    # Summed in float32 in step order, as the loop logs them.
+    assert w["loss"] == (np.float32(losses[0]) + np.float32(losses[1])) + np.float32(losses[2])
+    assert w["noisy_error"] == (np.float32(errors[0]) + np.float32(errors[1])
+                                + np.float32(errors[2]))
+    means = step_lib.window_means(w)
+    assert means["train_loss"] == pytest.approx(float(np.mean(losses)), rel=1e-6)
+    assert means["noisy_train_error"] == pytest.approx(float(np.mean(errors)), rel=1e-6)
+    state = state.replace(window=step_lib.zero_window())
+    state, m = step(state, batch, jax.random.key(9))
+    assert int(state.window["count"]) == 1 and float(state.window["loss"]) == float(m["loss"])
+    assert step_lib.window_means(step_lib.zero_window()) == {"train_loss": 0.0,
+                                                             "noisy_train_error": 0.0}
+
+
+def test_checkpoint_items_are_the_resumable_fields_without_the_window():
+    state = _state("learned")
+    items = state.checkpoint_items()
+    assert tuple(items) == step_lib.CHECKPOINT_FIELDS and "window" not in items
+    assert items["q_stats"] is state.q_stats
+    # It also names a state of shardings, the restore target's layout.
+    mesh = sharding.make_mesh(2, 1, jax.devices()[:2])
+    sh = sharding.state_shardings(mesh, state)
+    assert set(sh.checkpoint_items()) == set(items)
+
+
+def test_create_train_state_rejects_an_unknown_noise_model():
+    with pytest.raises(ValueError, match="noise.model: must be one of"):
+        _state("magic")
+
+
+_IMPORT_SCRIPT = """
+import sys
+import nlnoise.step
+heavy = sorted(m for m in sys.modules
+               if m.split(".")[0] in ("ml_collections", "orbax", "grain")
+               or m == "nlnoise.data" or m.startswith("nlnoise.data."))
+print("HEAVY", heavy)
+"""
+
+
+def test_importing_step_pulls_in_no_config_checkpoint_or_data_machinery():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _IMPORT_SCRIPT], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY []" in done.stdout, done.stdout
