@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -94,6 +95,24 @@ def predict_probs(params: Any, apply_fn: Any, source: data.ExampleSource, datase
     return np.zeros((0, k), np.float32)
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's warning that a checkpoint directory is read-only: an audit opens every
+    store read-only on purpose, so the warning says nothing the user needs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("Given directory is read only")
+
+
+def _load(workdir: str, params: str, **kw) -> run_lib.LoadedRun:
+    """:func:`nlnoise.run.load_for_prediction` without orbax's read-only notice."""
+    quiet, absl_log = _ReadOnlyNotice(), logging.getLogger("absl")
+    absl_log.addFilter(quiet)
+    try:
+        return run_lib.load_for_prediction(workdir, params, **kw)
+    finally:
+        absl_log.removeFilter(quiet)
+
+
 def default_params(workdir: str) -> str:
     """``"best"`` when the run kept best parameters (``dataset.val_size``), else ``"final"``."""
     return "best" if os.path.isdir(os.path.join(workdir, "best")) else "final"
@@ -122,7 +141,7 @@ def in_sample(workdir: str, params: str | None = None, *, progress: bool = True)
     workdir = os.path.abspath(workdir)
     params = params or default_params(workdir)
     _check_run(workdir, params)
-    loaded = run_lib.load_for_prediction(workdir, params)
+    loaded = _load(workdir, params)
     ds = loaded.ds
     probs = predict_probs(loaded.state.params, loaded.state.apply_fn, ds.train, loaded.cfg.dataset,
                           ds, progress=progress)
@@ -241,7 +260,7 @@ def cross_fit(cfg: ml_collections.ConfigDict, folds: int, workdir: str, params: 
     for i, d in enumerate(fold_dirs(workdir, folds)):
         which = params or default_params(d)
         _check_run(d, which)
-        loaded = run_lib.load_for_prediction(d, which)
+        loaded = _load(d, which)
         out = loaded.ds.fold_out
         p = predict_probs(loaded.state.params, loaded.state.apply_fn, out, loaded.cfg.dataset,
                           loaded.ds, progress=progress, desc=f"fold {i}")
