@@ -237,7 +237,15 @@ def train_folds(cfg: ml_collections.ConfigDict, folds: int, workdir: str, *,
         from tqdm import tqdm
 
         indices = tqdm(indices, desc="folds", unit="fold", file=sys.stderr, dynamic_ncols=True)
-    return [run_lib.train_and_evaluate(fold_config(cfg, folds, i), dirs[i]) for i in indices]
+    summaries = []
+    for i in indices:
+        try:
+            summaries.append(run_lib.train_and_evaluate(fold_config(cfg, folds, i), dirs[i]))
+        except workdir_lib.WorkdirError as e:
+            # nlnoise-audit's --overwrite replaces an audit, never a fold run: say so.
+            raise AuditError(f"fold {i}: {e} nlnoise-audit never moves or replaces fold runs; "
+                             "give this config a new --workdir.") from None
+    return summaries
 
 
 def cross_fit(cfg: ml_collections.ConfigDict, folds: int, workdir: str, params: str | None = None,
