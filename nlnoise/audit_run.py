@@ -231,6 +231,10 @@ def train_folds(cfg: ml_collections.ConfigDict, folds: int, workdir: str, *,
     returns their summaries. Each is an ordinary ``nlnoise-train`` run of ``cfg`` with
     ``dataset.num_folds=K, dataset.fold=i``: a finished fold trains nothing again."""
     folds = check_folds(cfg, folds)
+    if os.path.exists(workdir_lib.RunDir(workdir).config_path):
+        raise AuditError(f"--workdir={workdir}: holds an nlnoise-train run; the folds (and the "
+                         "audit) would be written into it. Give the cross-fitted audit a "
+                         "directory of its own.")
     dirs = fold_dirs(workdir, folds)
     indices = range(folds)
     if progress:

@@ -58,6 +58,14 @@ def test_in_sample_reads_the_final_parameters_and_leaves_the_run_alone(tiny_run,
     assert _listing(d) == before and not any(tmp_path.iterdir())
 
 
+def test_cross_fitting_never_writes_into_a_run(tiny_run):
+    d, _ = tiny_run
+    before = _listing(d)
+    with pytest.raises(audit_run.AuditError, match=r"holds an nlnoise-train run; the folds"):
+        audit_run.cross_fit(_cfg(), 2, str(d), progress=False)
+    assert _listing(d) == before
+
+
 def test_fold_configs_and_the_identity_of_a_cross_fitted_audit():
     cfg = _cfg()
     fold = audit_run.fold_config(cfg, 3, 2)
