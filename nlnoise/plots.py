@@ -28,9 +28,18 @@ def q_heatmaps(q: np.ndarray, q_true: np.ndarray | None, path: str,
                class_names: Sequence[str] | None = None, title: str = "") -> str:
     """Learned Q beside Q* (when known), columns = true class, rows = noisy label."""
     mats = [("Q* (true noise)", q_true), ("learned Q", q)] if q_true is not None else [("Q", q)]
-    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 4), squeeze=False)
-    for n, (ax, (name, m)) in enumerate(zip(axes[0], mats, strict=True)):
-        im = ax.imshow(np.asarray(m), vmin=0, vmax=1, cmap="viridis")
+    return matrix_panels(mats, path, class_names=class_names, title=title)
+
+
+def matrix_panels(panels: Sequence[tuple[str, np.ndarray]], path: str,
+                  class_names: Sequence[str] | None = None, title: str = "") -> str:
+    """Noise matrices side by side, one ``(panel title, q)`` each; ``q[j, i] = p(noisy=j |
+    true=i)`` (``[K_noisy, K_true]``): columns = true class, rows = noisy label, on one 0..1
+    colour scale. Class names label the axes for up to 12 classes."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for n, (ax, (name, m)) in enumerate(zip(axes[0], panels, strict=True)):
+        m = np.asarray(m)
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
         ax.set_title(name)
         ax.set_xlabel("true class i")
         if n == 0:  # the panels share rows; a second label would overlap the first panel
@@ -41,6 +50,31 @@ def q_heatmaps(q: np.ndarray, q_true: np.ndarray | None, path: str,
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="q[j, i] = p(noisy=j | true=i)")
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def label_issue_grid(images: np.ndarray, captions: Sequence[str], path: str, *, cols: int = 8,
+                     title: str = "") -> str:
+    """A grid of images (uint8 ``[n, H, W, C]``, C = 1 or 3), each titled with its caption
+    (e.g. given -> suggested label and the score), ``cols`` per row; an empty ``images`` gives
+    a figure that says so."""
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.95 * rows), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = np.asarray(images[k])
+        gray = img.ndim == 2 or img.shape[-1] == 1
+        ax.imshow(img.reshape(img.shape[:2]) if gray else img, cmap="gray" if gray else None,
+                  vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(captions[k], fontsize=6.5)
+    if not n:
+        axes[0, 0].text(0, 0.5, "no label is flagged", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -71,6 +71,21 @@ def test_label_file_of_the_wrong_length_or_range(tmp_path, raw):
     assert str(e.value).startswith(f"dataset.train_labels_path ({tmp_path / 'short.npy'})")
 
 
+def test_minus_one_is_the_only_negative_label(tmp_path, raw):
+    cfg = resolve_config({"name": "digits", "train_labels_path": str(tmp_path / "l.npy")})
+    given = raw.train.labels.copy()
+    given[[4, 9]] = -1
+    start = labels.source_labels(raw, cfg, given)
+    np.testing.assert_array_equal(start.given, given)  # -1: left out of training
+    given[9] = -2
+    with pytest.raises(data.DataError, match=r"1 labels below -1; first is -2 at index 9\. The "
+                                             r"only negative label allowed is -1") as e:
+        labels.source_labels(raw, cfg, given)
+    assert str(e.value).startswith(f"dataset.train_labels_path ({tmp_path / 'l.npy'})")
+    (tmp_path / "l.csv").write_text("label\n3\n-1\n0\n")
+    np.testing.assert_array_equal(labels.read_label_file(str(tmp_path / "l.csv")), [3, -1, 0])
+
+
 def test_rejected_label_file_leaves_no_cache_behind(tmp_path, make_digits_folder):
     root = tmp_path / "folder"
     make_digits_folder(root, per_class=(3, 1))

@@ -41,3 +41,21 @@ def test_q_heatmaps_redrawn_from_a_run_summary(tmp_path):
     assert out.endswith("q.png") and (tmp_path / "q.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError):
         plots.q_heatmaps_from_run(str(tmp_path / "missing"), str(tmp_path / "x.png"))
+
+
+def test_matrix_panels_and_label_issue_grid(tmp_path):
+    q_star = noise.paper_random(3, 0.5)
+    p = plots.matrix_panels([("Q*", q_star), ("learned", np.eye(3)), ("estimate", q_star)],
+                            str(tmp_path / "m.png"), class_names=["a", "b", "c"])
+    assert _is_png(p)
+    digits = np.random.default_rng(0).integers(0, 256, (11, 8, 8, 1)).astype(np.uint8)
+    grid = plots.label_issue_grid(digits, [f"{i}: 3 -> 5" for i in range(11)],
+                                  str(tmp_path / "g.png"), cols=4, title="t")
+    rgb = plots.label_issue_grid(np.repeat(digits, 3, axis=-1)[:2], ["a", "b"],
+                                 str(tmp_path / "rgb.png"))
+    empty = plots.label_issue_grid(np.zeros((0, 8, 8, 1), np.uint8), [], str(tmp_path / "e.png"))
+    assert all(_is_png(x) for x in (grid, rgb, empty))
+    from PIL import Image
+
+    # 3 rows of 4 for 11 images: taller than the 1-row grid of 2.
+    assert Image.open(grid).size[1] > Image.open(rgb).size[1]

@@ -3,7 +3,8 @@
 Modules: :mod:`~nlnoise.data.schema` (this config), :mod:`~nlnoise.data.sources` (one module per
 source, behind a registry), :mod:`~nlnoise.data.cache`, :mod:`~nlnoise.data.labels` (label
 files, clean labels, flip matrices), :mod:`~nlnoise.data.noisy` (:func:`load`, a pipeline of
-stages), :mod:`~nlnoise.data.examples` (what it returns), :mod:`~nlnoise.data.preprocess`,
+stages), :mod:`~nlnoise.data.splits` (folds, the held-out split and left-out examples),
+:mod:`~nlnoise.data.examples` (what it returns), :mod:`~nlnoise.data.preprocess`,
 :mod:`~nlnoise.data.pipeline`.
 
 Usage::
@@ -58,7 +59,11 @@ Usage::
   images, for quick runs. None = the whole test split.
 - ``train_labels_path``: a ``.npy`` (integer vector) or one-column ``.csv`` (optional header)
   of training labels, one per image of the source's training split in its order; they replace
-  the source's labels (any source). None = the source's labels.
+  the source's labels (any source). None = the source's labels. An entry of -1 (the only
+  negative value allowed) leaves that image out of training: it is dropped after the training
+  subset, the folds and the held-out split are drawn (it counts towards ``train_size`` and may
+  fall in ``val``, which then loses it too), so a relabelled or pruned label file of a run
+  (``nlnoise-audit``) keeps that run's subset and held-out split.
 - ``clean_labels``: which training labels are clean. None = the source's, unless
   ``train_labels_path`` replaces them (then none are known); ``"source"`` = the source's labels
   even with a label file (Q* is then the realized file-vs-source transition); ``"none"`` = no
@@ -69,6 +74,12 @@ Usage::
   noisy labels (``NoisyDataset.val``). Training uses the rest. It needs no clean label: the
   training loop logs the combined model's loss on it and reports the evaluation where that
   loss was lowest (label-free model selection). Default 0 (no split).
+- ``num_folds``, ``fold``: cross-fitting. With ``num_folds = K >= 2`` the training split
+  (inliers and outliers, labels flipped) is dealt into K seeded folds (``subset_seed``; sizes
+  differ by at most one) and fold ``fold`` (``0..K-1``) is left out of training as
+  ``NoisyDataset.fold_out`` (noisy labels), to be predicted by the model trained on the rest
+  (``nlnoise-audit --folds=K``). ``val_size`` is then held out of the remaining folds. Default
+  0 and 0 (no folds).
 - ``image_size``: model input height/width; smaller than the stored size means random crops
   in training and a centre crop in evaluation. None = stored size (227 for imagenet2012). For
   ``folder`` it is instead the size every image is resized to (shorter side, then the centre

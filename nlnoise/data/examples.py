@@ -130,6 +130,13 @@ class NoisyDataset:
         checkpoint to detect a changed dataset on resume.
       has_clean_labels: False when no clean training label is known (``dataset.clean_labels``);
         ``train_clean_labels`` is then all -1 and clean-label metrics are left out.
+      fold_out: with ``dataset.num_folds``, the fold left out of training (noisy labels), for
+        out-of-fold predictions; None otherwise.
+      source_train_labels: the labels training started from for every image of the source's
+        training split, in its order (a label file's, else the source's; -1 = left out), before
+        ``dataset.inlier_classes`` remaps them.
+      source_classes: the source class id of each of the K classes (label ``k`` is source class
+        ``source_classes[k]``).
     """
 
     name: str
@@ -151,6 +158,9 @@ class NoisyDataset:
     preprocessor: Preprocessor
     label_fingerprint: str
     has_clean_labels: bool = True
+    fold_out: ExampleSource | None = None
+    source_train_labels: np.ndarray | None = None
+    source_classes: tuple[int, ...] = ()
 
     @property
     def realized_flip_rate(self) -> float | None:

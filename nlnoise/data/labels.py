@@ -2,9 +2,11 @@
 
 ``dataset.train_labels_path`` replaces the source's training labels with a file's (``.npy``, or
 ``.csv`` with one column and an optional header; one label per training image, in the source's
-order). ``dataset.clean_labels`` says which labels are clean: None (the source's, unless a file
-replaces them, when none are known), ``"source"`` (the source's, even with a file: the file's
-labels are then noisy labels of known clean ones) or ``"none"`` (no clean label is known).
+order). An entry of -1 leaves its image out of training (the only negative value allowed; see
+:mod:`nlnoise.data.splits`). ``dataset.clean_labels`` says which labels are clean: None (the
+source's, unless a file replaces them, when none are known), ``"source"`` (the source's, even
+with a file: the file's labels are then noisy labels of known clean ones) or ``"none"`` (no
+clean label is known).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import numpy as np
 from nlnoise import noise
 from nlnoise.data.schema import DataError
 from nlnoise.data.sources.base import RawDataset
+from nlnoise.data.splits import LEFT_OUT
 
-_FORMAT = ("Write one integer class index per training image, in the source's training order: "
-           "np.save(path, labels.astype(np.int64)), or a .csv with one column (an optional "
-           "header line first).")
+_FORMAT = ("Write one integer class index per training image, in the source's training order "
+           "(-1 leaves the image out of training): np.save(path, labels.astype(np.int64)), or a "
+           ".csv with one column (an optional header line first).")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -30,7 +33,8 @@ class SourceLabels:
     """Labels of every image of the source's training split (``[N_train]`` each).
 
     Attributes:
-      given: the labels training starts from, in ``[0, K_source)``.
+      given: the labels training starts from, in ``[0, K_source)``, or -1 (left out of
+        training; label files only).
       clean: the clean reference, or None when no clean label is known.
       from_file: whether ``given`` came from ``dataset.train_labels_path``.
     """
@@ -102,10 +106,19 @@ def source_labels(raw: RawDataset, cfg: ml_collections.ConfigDict,
     if len(file_labels) != len(source):
         raise DataError(f"{field}: holds {len(file_labels)} labels but the training split of "
                         f"{raw.name} has {len(source)} images. {_FORMAT}")
-    given = noise.check_labels(file_labels, raw.num_classes, field, error=DataError,
-                               hint=f"Labels must be class indices 0..{raw.num_classes - 1} "
-                                    f"(classes: {', '.join(raw.class_names[:12])}"
-                                    f"{', ...' if raw.num_classes > 12 else ''}).")
+    hint = (f"Labels must be class indices 0..{raw.num_classes - 1} (classes: "
+            f"{', '.join(raw.class_names[:12])}{', ...' if raw.num_classes > 12 else ''}), or -1 "
+            "to leave an image out of training.")
+    negative = file_labels < LEFT_OUT
+    if negative.any():
+        n = int(np.argmax(negative))
+        raise DataError(f"{field}: {int(negative.sum())} labels below -1; first is "
+                        f"{file_labels[n]} at index {n}. The only negative label allowed is -1 "
+                        f"(left out of training). {hint}")
+    left_out = file_labels == LEFT_OUT
+    given = noise.check_labels(np.where(left_out, 0, file_labels), raw.num_classes, field,
+                               error=DataError, hint=hint)
+    given[left_out] = LEFT_OUT
     clean = source if cfg.clean_labels == "source" else None
     return SourceLabels(given=given, clean=clean, from_file=True)
 

@@ -3,10 +3,11 @@ outliers, the held-out split and the label fingerprint, as a pipeline of small s
 
 :func:`load` runs, in order: the source (:mod:`nlnoise.data.sources`) -> the labels training
 starts from (:mod:`nlnoise.data.labels`) -> :func:`class_remap` -> :func:`training_subset` ->
-:func:`corrupt_inliers` -> :func:`pick_outliers` -> :func:`training_split` -> :func:`hold_out`
--> :func:`test_splits` -> :func:`label_fingerprint`. Every stage is a pure function of the
-config, the seeds and label vectors (no image is read), so every host and every resumed run
-rebuilds identical labels:
+:func:`corrupt_inliers` -> :func:`pick_outliers` -> :func:`training_split` ->
+:func:`~nlnoise.data.splits.fold_split` -> :func:`~nlnoise.data.splits.hold_out` ->
+:func:`~nlnoise.data.splits.leave_out` -> :func:`test_splits` -> :func:`label_fingerprint`.
+Every stage is a pure function of the config, the seeds and label vectors (no image is read),
+so every host and every resumed run rebuilds identical labels:
 
 - the training subset depends on ``(dataset, subset_seed, train_size)`` and is nested: with one
   seed, a smaller ``train_size`` is a subset of a larger one;
@@ -14,7 +15,9 @@ rebuilds identical labels:
   (``noise.corrupt_labels`` is counter-based), so it does not change with ``train_size``;
 - outlier choice depends on ``subset_seed``; outlier labels on the noise seed;
 - labels from ``dataset.train_labels_path`` replace the source's before any of this, so flips
-  act on them.
+  act on them. An entry of -1 leaves its image out of training: it counts as a candidate inlier
+  for ``train_size``, the folds and the held-out split, and is dropped after them
+  (:mod:`nlnoise.data.splits`), so those splits stay those of the run the file came from.
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ import numpy as np
 
 from nlnoise import noise
 from nlnoise.data import labels as labels_lib
-from nlnoise.data import sources
+from nlnoise.data import sources, splits
 from nlnoise.data.cache import rollback_on_data_error
 from nlnoise.data.examples import ExampleSource, NoisyDataset
 from nlnoise.data.preprocess import make_preprocessor
 from nlnoise.data.schema import DataError, resolve_config
 from nlnoise.data.sources import ImageProvider, RawDataset
+from nlnoise.data.splits import LEFT_OUT, hold_out
+from nlnoise.data.splits import check_count as _check_count
+from nlnoise.data.splits import seeded_rng as _rng
 
 # Stream tags so that subsets, outlier picks and outlier labels draw independent numbers.
 _SUBSET_STREAM = 0x5B5E7
@@ -41,14 +47,9 @@ _OUTLIER_PICK_STREAM = 0x0B71C
 _TEST_OUTLIER_STREAM = 0x7E570
 _OUTLIER_LABEL_STREAM = 0x0A7E1
 _TEST_SUBSET_STREAM = 0x7E5B5
-_VAL_STREAM = 0x0F411
 # Outlier-label keys of another dataset's images are offset by this, so they never share a key
 # with an inlier's flip (open-set outliers are keyed by their own rows, disjoint from inliers').
 _OTHER_DATASET_KEYS = 1 << 40
-
-
-def _rng(seed: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), stream]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,14 +79,6 @@ def uniform_labels(num: int, num_classes: int, seed: int, keys: np.ndarray) -> n
         np.random.SeedSequence([int(seed), _OUTLIER_LABEL_STREAM]).generate_state(1)[0]
     )
     return noise.corrupt_labels(np.zeros(num, np.int64), q, outlier_seed, indices=keys)
-
-
-def _check_count(value: Any, field: str) -> int:
-    if value is None:
-        return 0
-    if int(value) != value or value < 0:
-        raise DataError(f"{field}: must be a non-negative integer, got {value!r}.")
-    return int(value)
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:
@@ -156,17 +149,26 @@ def outlier_counts(cfg: ml_collections.ConfigDict, raw: RawDataset,
     return n_out, n_known, has_pool
 
 
+def remap_labels(given: np.ndarray, cmap: ClassMap) -> np.ndarray:
+    """Source labels -> labels in ``[0, K)``; -1 for other classes and for left-out (-1)
+    entries (tell those apart with ``given == -1``)."""
+    return np.where(given >= 0, cmap.remap[np.maximum(given, 0)], -1)
+
+
 def training_subset(given: np.ndarray, cmap: ClassMap, train_size: int | None,
                     subset_seed: int) -> np.ndarray:
-    """Sorted training-split rows of the inliers trained on (``dataset.train_size`` of them)."""
-    rows = np.flatnonzero(cmap.remap[given] >= 0)
+    """Sorted training-split rows of the inliers trained on (``dataset.train_size`` of them).
+
+    Rows labelled -1 (left out) are candidates too, so that leaving examples out does not move
+    the subset; :func:`~nlnoise.data.splits.leave_out` drops them later."""
+    rows = np.flatnonzero((remap_labels(given, cmap) >= 0) | (given == LEFT_OUT))
     return rows[select_subset(rows.size, train_size, subset_seed, "dataset.train_size")]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Inliers:
-    """The inliers trained on: training-split ``rows``, training ``labels`` and ``clean`` labels
-    (-1 unknown) in ``[0, K)``, and Q* (see :class:`NoisyDataset`)."""
+    """The inliers trained on: training-split ``rows``, training ``labels`` (-1: left out) and
+    ``clean`` labels (-1 unknown) in ``[0, K)``, and Q* (see :class:`NoisyDataset`)."""
 
     rows: np.ndarray
     labels: np.ndarray
@@ -179,18 +181,21 @@ def corrupt_inliers(start: labels_lib.SourceLabels, cmap: ClassMap, rows: np.nda
                     noise_kwargs: dict | None) -> Inliers:
     """The inliers' labels: the given ones, flipped with ``noise_kind`` unless it is ``given``
     (use them as they are), keyed by ``rows`` so a flip does not depend on the subset."""
-    given = cmap.remap[start.given[rows]]
+    given = remap_labels(start.given[rows], cmap)  # -1: left out
     clean = (np.full(rows.size, -1, np.int64) if start.clean is None
              else cmap.remap[start.clean[rows]])
     q = None if noise_kind == "given" else labels_lib.flip_matrix(
         noise_kind, cmap.k, noise_level, noise_seed, noise_kwargs)
-    noisy = given if q is None else noise.corrupt_labels(given, q, noise_seed, indices=rows)
+    kept = given >= 0
+    noisy = given.copy()
+    if q is not None:
+        noisy[kept] = noise.corrupt_labels(given[kept], q, noise_seed, indices=rows[kept])
     if start.clean is None:
         q_true = None
     elif not start.from_file and noise_kind != "given":
         q_true = q  # the flips were drawn from Q* itself
     else:
-        q_true = labels_lib.realized_q(clean, noisy, cmap.k)
+        q_true = labels_lib.realized_q(clean[kept], noisy[kept], cmap.k)
     return Inliers(rows=rows, labels=noisy, clean=clean, q_true=q_true)
 
 
@@ -215,7 +220,7 @@ def pick_outliers(cfg: ml_collections.ConfigDict, raw: RawDataset, given: np.nda
     (``noise_seed``)."""
     other = None
     if cfg.outlier_source is None:
-        pool_train = np.flatnonzero(cmap.remap[given] < 0)
+        pool_train = np.flatnonzero((given >= 0) & (remap_labels(given, cmap) < 0))
         pool_test = np.flatnonzero(cmap.remap[raw.test.labels] < 0)
     else:
         other = sources.load_outlier_raw(cfg)
@@ -270,22 +275,6 @@ def training_split(raw: RawDataset, inliers: Inliers, outliers: Outliers | None)
         clean_labels=np.concatenate([inliers.clean, np.full(n_o, -1)]),
         is_outlier=np.concatenate([np.zeros(n_in, bool), np.ones(n_o, bool)]),
     )
-
-
-def hold_out(train: ExampleSource, val_size: int, subset_seed: int
-             ) -> tuple[ExampleSource, ExampleSource | None]:
-    """``(train, val)``: ``val_size`` random examples (``subset_seed``) held out with their
-    noisy labels; ``val`` is None for 0."""
-    n_val = _check_count(val_size, "dataset.val_size")
-    if not n_val:
-        return train, None
-    if n_val >= len(train):
-        raise DataError(
-            f"dataset.val_size={n_val} leaves no training examples of the {len(train)} "
-            "(inliers and outliers); hold out fewer, e.g. a tenth."
-        )
-    perm = _rng(subset_seed, _VAL_STREAM).permutation(len(train))
-    return train.subset(np.sort(perm[n_val:])), train.subset(np.sort(perm[:n_val]))
 
 
 def test_splits(cfg: ml_collections.ConfigDict, raw: RawDataset, cmap: ClassMap,
@@ -362,6 +351,7 @@ def _load(cfg: ml_collections.ConfigDict, noise_kind: str, noise_level: float, n
     # A malformed label file fails here, before any image is decoded.
     file_labels = (None if cfg.train_labels_path is None
                    else labels_lib.read_label_file(cfg.train_labels_path))
+    splits.check_folds(cfg.num_folds, cfg.fold)
     raw = sources.load_raw(cfg)
     start = labels_lib.source_labels(raw, cfg, file_labels)
     cmap = class_remap(raw, cfg.inlier_classes)
@@ -371,7 +361,14 @@ def _load(cfg: ml_collections.ConfigDict, noise_kind: str, noise_level: float, n
                               noise_seed=noise_seed, noise_kwargs=noise_kwargs)
     outliers = (pick_outliers(cfg, raw, start.given, cmap, n_out, n_known, noise_seed)
                 if has_pool else None)
-    train, val = hold_out(training_split(raw, inliers, outliers), cfg.val_size, cfg.subset_seed)
+    train, fold_out = splits.fold_split(training_split(raw, inliers, outliers), cfg.num_folds,
+                                        cfg.fold, cfg.subset_seed)
+    train, val = hold_out(train, cfg.val_size, cfg.subset_seed)
+    train, val, fold_out = (splits.leave_out(s) for s in (train, val, fold_out))
+    for split, what in ((train, "training split"), (val, "held-out split (dataset.val_size)")):
+        if split is not None and not len(split):
+            raise DataError(f"dataset.train_labels_path: every example of the {what} is "
+                            "labelled -1 (left out of training); keep some labelled.")
     # Eqn 9's alpha and the counts describe the examples that are trained on.
     n_known = int(np.sum(train.is_outlier & (train.labels == cmap.k)))
     n_out = int(np.sum(train.is_outlier)) - n_known
@@ -383,6 +380,7 @@ def _load(cfg: ml_collections.ConfigDict, noise_kind: str, noise_level: float, n
         test=test,
         test_noisy=test_noisy,
         val=val,
+        fold_out=fold_out,
         num_classes=cmap.k,
         image_shape=pre.output_shape,
         q_true=inliers.q_true,
@@ -397,4 +395,6 @@ def _load(cfg: ml_collections.ConfigDict, noise_kind: str, noise_level: float, n
         preprocessor=pre,
         label_fingerprint=label_fingerprint(raw.name, train),
         has_clean_labels=start.clean is not None,
+        source_train_labels=start.given,
+        source_classes=cmap.classes,
     )

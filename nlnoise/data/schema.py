@@ -48,6 +48,8 @@ def default_dataset_config() -> ml_collections.ConfigDict:
             "num_test_outliers": ph(int),
             "num_test_examples": ph(int),
             "val_size": 0,
+            "num_folds": 0,
+            "fold": 0,
             "train_labels_path": ph(str),
             "clean_labels": ph(str),
             "image_size": ph(int),
