@@ -210,8 +210,8 @@ class CheckpointStore:
         try:
             self._manager.close()
         except Exception as e:
-            if quiet:
-                log.warning("closing the checkpoint manager also failed: %r", e)
+            if quiet:  # the error being reported already says what failed
+                log.debug("closing the checkpoint manager also failed: %r", e)
                 return
             raise CheckpointError(
                 f"finishing the checkpoint for step {self._pending} under {self.directory} "
@@ -301,4 +301,4 @@ class BestParams:
         except Exception as e:
             if not quiet:
                 raise
-            log.warning("closing the best-parameters manager also failed: %r", e)
+            log.debug("closing the best-parameters manager also failed: %r", e)

@@ -318,10 +318,10 @@ def own_workdir(workdir: str, *, break_lock: bool = False) -> WorkdirLock:
             path, process_index=jax.process_index(), process_count=count, broadcast=broadcast,
             break_lock=break_lock,
             job=f"{os.environ.get('NLNOISE_COORDINATOR', '?')} x{count}" if count > 1 else "")
-    except NotADirectoryError:
-        raise LockError(f"--workdir {path} is a file, not a directory; give a directory (it is "
-                        "created if missing).") from None
     except OSError as e:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise LockError(f"--workdir {path} is a file, not a directory; give a directory "
+                            "(it is created if missing).") from None
         where = e.filename or path
         raise LockError(f"--workdir {path} cannot be created or written ({where}: "
                         f"{e.strerror or e}); fix its permissions or use another --workdir."

@@ -66,6 +66,40 @@ def _on_sigterm(signum, frame):
     raise _Stopped()
 
 
+def _quiet_libraries(level: str) -> None:
+    """Keeps the console to nlnoise's own messages unless ``level`` is DEBUG.
+
+    orbax logs every save at INFO and, when a write fails (a full disk), each failed operation
+    at ERROR with its traceback, and its background threads and tensorstore's callbacks print
+    more tracebacks; tensorboardX's writer thread and exit hook do the same. The run's own
+    error already says what failed and what to do, so these go to the ``nlnoise`` logger at
+    DEBUG, one line each (NLNOISE_LOG_LEVEL=DEBUG shows them).
+    """
+    import threading
+
+    from absl import logging as absl_logging
+
+    debug = level.upper() == "DEBUG"
+    logging.getLogger("nlnoise").setLevel(level)
+    absl_logging.set_verbosity(absl_logging.INFO if debug else absl_logging.FATAL)
+    if debug:
+        return
+    log = logging.getLogger("nlnoise")
+    main_excepthook = sys.excepthook
+
+    def excepthook(kind, value, tb):
+        if threading.current_thread() is threading.main_thread():
+            main_excepthook(kind, value, tb)  # a bug of ours: keep the traceback
+        else:
+            log.debug("background error: %s: %s", kind.__name__, value)
+
+    sys.excepthook = excepthook
+    threading.excepthook = lambda a: log.debug("error in thread %s: %s: %s", a.thread,
+                                               a.exc_type.__name__, a.exc_value)
+    sys.unraisablehook = lambda u: log.debug("ignored error in %r: %s", u.object,
+                                             u.exc_value)
+
+
 def main(argv: list[str], on_phase: Callable[[str, int], None] | None = None) -> int:
     """Runs the configured experiment; ``on_phase`` goes to ``run.train_and_evaluate``."""
     if len(argv) > 1:
@@ -74,11 +108,7 @@ def main(argv: list[str], on_phase: Callable[[str, int], None] | None = None) ->
     if not workdir or not workdir.strip():
         _fail("--workdir is required and must not be empty: give the run's directory, e.g. "
               "--workdir=runs/digits (it is created if missing).")
-    from absl import logging as absl_logging
-
-    # orbax logs every save at INFO through absl; keep the console to nlnoise's own messages.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("nlnoise").setLevel(os.environ.get("NLNOISE_LOG_LEVEL", "INFO"))
+    _quiet_libraries(os.environ.get("NLNOISE_LOG_LEVEL", "INFO"))
     signal.signal(signal.SIGTERM, _on_sigterm)
     # A full disk or a file-size limit then raises an OSError we report, instead of killing
     # the process with SIGXFSZ halfway through a write.

@@ -422,5 +422,5 @@ class Reporter:
             try:
                 self.tb.close()
             except OSError as e:  # a full disk: the run's own error says what matters
-                log.warning("closing the TensorBoard writer failed: %s", e)
+                log.debug("closing the TensorBoard writer failed: %s", e)
             self.tb = None
