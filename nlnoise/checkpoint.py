@@ -39,6 +39,10 @@ class NoIntactCheckpointError(CheckpointError):
     """Checkpoints exist (or were set aside as damaged) but none of them can be read."""
 
 
+class ForeignCheckpointError(CheckpointError):
+    """A checkpoint carries another run's identity (config or training labels)."""
+
+
 def abstract_like(tree, shardings):
     """``ShapeDtypeStruct``s carrying ``shardings``: the restore target for a new device layout."""
     return jax.tree.map(
@@ -123,7 +127,7 @@ class CheckpointStore:
         ones are moved to ``<directory>-damaged/`` (kept for inspection, and out of the way of
         the step numbers the resumed run will save again); a read-only store leaves them where
         they are. Raises :class:`NoIntactCheckpointError` (moving nothing) when none is intact,
-        and :class:`CheckpointError` for a checkpoint of another run (see ``identity``).
+        and :class:`ForeignCheckpointError` for a checkpoint of another run (see ``identity``).
         """
         steps = self.steps()
         damaged: list[int] = []
@@ -137,8 +141,8 @@ class CheckpointStore:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
                 state = restored["state"]
                 jax.block_until_ready(state)
-            except _ForeignCheckpoint as e:
-                raise CheckpointError(str(e)) from None
+            except ForeignCheckpointError:
+                raise
             except Exception as e:
                 damaged.append(step)
                 log.warning(
@@ -181,9 +185,10 @@ class CheckpointStore:
         what = [name for name, key in (("config", "config_fingerprint"),
                                        ("training labels", "dataset_fingerprint"))
                 if found.get(key) != self.identity.get(key)]
-        raise _ForeignCheckpoint(
+        raise ForeignCheckpointError(
             f"the checkpoint at step {step} under {self.directory} belongs to another run (its "
-            f"{' and '.join(what)} fingerprint differs from this run's), so it is not resumed. "
+            f"{' and '.join(what)} fingerprint{'s differ' if len(what) > 1 else ' differs'} "
+            "from this run's), so it is not resumed. "
             "Restore that run's config.json (and data) to resume it, pass --overwrite to move "
             "it to archive/ and start afresh, or use a new --workdir.")
 
@@ -217,10 +222,6 @@ class CheckpointStore:
                 f"finishing the checkpoint for step {self._pending} under {self.directory} "
                 f"failed: {e!r}. Intact checkpoints: {self.steps()}."
             ) from e
-
-
-class _ForeignCheckpoint(Exception):
-    """Internal: a checkpoint of another run (not damage, so no fallback)."""
 
 
 class BestParams:

@@ -32,6 +32,7 @@ log = logging.getLogger("nlnoise")
 LOCK_NAME = ".lock"
 # flock may be unsupported on some network filesystems; the holder record alone then decides.
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class LockError(RuntimeError):
@@ -177,7 +178,11 @@ class WorkdirLock:
                 continue
             self.token = self.token or uuid.uuid4().hex
             self._fd = fd
-            self._write(job)
+            try:
+                self._write(job)
+            except BaseException:  # e.g. a full disk: leave no half-made lock behind
+                self.release()
+                raise
             # Checked after writing: a starter that replaced a stale file meanwhile wins, and
             # this one tries again (and then finds that starter's record).
             if self._same_file(fd):
@@ -323,6 +328,7 @@ def own_workdir(workdir: str, *, break_lock: bool = False) -> WorkdirLock:
             raise LockError(f"--workdir {path} is a file, not a directory; give a directory "
                             "(it is created if missing).") from None
         where = e.filename or path
+        fix = ("free disk space and run the same command again" if e.errno in _DISK_FULL
+               else "fix its permissions or use another --workdir")
         raise LockError(f"--workdir {path} cannot be created or written ({where}: "
-                        f"{e.strerror or e}); fix its permissions or use another --workdir."
-                        ) from None
+                        f"{e.strerror or e}); {fix}.") from None

@@ -282,9 +282,10 @@ def _resume_point(cfg, run_dir: workdir_lib.RunDir, spec: RunSpec, identity: dic
                   ) -> tuple[checkpoint.CheckpointStore, Any, int]:
     """Opens the checkpoint store and restores from it: ``(store, items or None, step)``.
 
-    No intact checkpoint is an error on every try unless ``overwrite`` (the run is archived
-    and starts afresh); a run already past this config's last step is refused, so a summary
-    never describes parameters of another step. Then records this run's config.
+    No intact checkpoint, or checkpoints of another run, are an error on every try unless
+    ``overwrite`` (what is there is archived and the run starts afresh); a run already past
+    this config's last step is refused, so a summary never describes parameters of another
+    step. Then records this run's config.
     """
     def open_store():
         return checkpoint.CheckpointStore(run_dir.checkpoints, keep=cfg.keep_checkpoints,
@@ -293,7 +294,7 @@ def _resume_point(cfg, run_dir: workdir_lib.RunDir, spec: RunSpec, identity: dic
     store = open_store()
     try:
         restored = restore(store)
-    except checkpoint.NoIntactCheckpointError as e:
+    except (checkpoint.NoIntactCheckpointError, checkpoint.ForeignCheckpointError) as e:
         store.close(quiet=True)
         if not overwrite:
             raise
