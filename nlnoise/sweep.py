@@ -315,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--only {args.only}: matches none of the {len(sweep['cells'])} "
                              "cells; see --dry_run.")
         overrides = _overrides(args.set)
-        workdirs = [] if args.report else check_cells(sweep, cells, overrides)
+        # A report trains nothing, so it needs no valid or free cell.
+        workdirs = [] if args.report and not args.dry_run else check_cells(sweep, cells,
+                                                                           overrides)
         if args.dry_run:
             for c, workdir in zip(cells, workdirs, strict=True):
                 name, variant = experiments.split_cell(c)

@@ -91,12 +91,14 @@ def _atomic_write(path: str, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # A full disk or a kill-by-exception must not leave the temporary file behind.
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path  # a failed write() names no file; the message should
         raise
 
 
@@ -139,10 +141,14 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         if not _is_main():
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record, default=_json_default) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            e.filename = e.filename or self.path  # name the file in the run's error
+            raise
 
 
 def _comparable(cfg_dict: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, Any]:

@@ -151,24 +151,23 @@ def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_same_command_resumes(tmp_pa
 
 
 def test_a_full_disk_at_start_is_one_line_and_leaves_no_temporary_file(tmp_path):
-    import resource
-    import signal
-
-    def full_disk():  # every write past 1 KiB fails (EFBIG), as on a full disk
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
-
+    # Every write past 1 KiB fails (EFBIG), as on a full disk; set in the child before it
+    # execs nlnoise-train (an ignored SIGXFSZ and the limit survive exec).
+    full_disk = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, "
+                 "signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
+                 "os.execv(sys.executable, [sys.executable, '-m', 'nlnoise.main', "
+                 "*sys.argv[1:]])")
     d = tmp_path / "w"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
            "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run([sys.executable, "-m", "nlnoise.main",
+    out = subprocess.run([sys.executable, "-c", full_disk,
                           "--config=configs/digits.py:runlocal", f"--workdir={d}",
                           "--config.progress_bar=False", "--config.compilation_cache_dir="],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-                         preexec_fn=full_disk)
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "free disk space" in lines[0], out.stderr[-2000:]
+    assert f"{d / 'config.json'}: a file-size limit" in lines[0]  # the write that failed
     leftovers = [p.name for p in d.rglob("*") if ".tmp" in p.name] if d.exists() else []
     assert leftovers == [] and not (d / ".lock").exists()
 
