@@ -16,6 +16,10 @@ Layout of ``DIR``::
 Only process 0 writes files other than checkpoints. Every file is written to a temporary name
 and renamed, so a killed run never leaves a half-written config, summary or metrics file, and
 a failed write removes its temporary file.
+
+The module is a little over the library's usual size because every rule about what may be
+found in a run's directory (what is refused, with which way out, and what is archived) is
+kept next to the files it is about.
 """
 
 from __future__ import annotations
