@@ -6,6 +6,12 @@ complete but damaged later (truncated or overwritten files) fails to restore; :m
 then says so and falls back to the next newest one. Nothing here ever deletes a checkpoint
 except orbax's ``max_to_keep`` rotation of older, intact ones after a successful save.
 
+A store opened with an ``identity`` (the run's config and label fingerprints) writes it into
+every checkpoint and refuses to restore a checkpoint that carries another one: a directory
+never resumes a run that is not the one asking. When no checkpoint is intact, nothing is moved,
+so the same error comes back on every retry until someone decides (a silent fresh start would
+throw the run away).
+
 ``read_only=True`` (:class:`CheckpointStore` and :class:`BestParams`) reads a run without
 changing anything under its directory: nothing is created, moved, renamed or written, and a
 damaged checkpoint is skipped where it lies (for tools that inspect a finished or running run).
@@ -29,6 +35,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or no intact one could be read."""
 
 
+class NoIntactCheckpointError(CheckpointError):
+    """Checkpoints exist (or were set aside as damaged) but none of them can be read."""
+
+
+class ForeignCheckpointError(CheckpointError):
+    """A checkpoint carries another run's identity (config or training labels)."""
+
+
 def abstract_like(tree, shardings):
     """``ShapeDtypeStruct``s carrying ``shardings``: the restore target for a new device layout."""
     return jax.tree.map(
@@ -50,9 +64,10 @@ class CheckpointStore:
     """
 
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False):
+                 read_only: bool = False, identity: dict[str, str] | None = None):
         self.directory = os.path.abspath(directory)
         self.read_only = read_only
+        self.identity = None if identity is None else dict(identity)
         self._pending: int | None = None
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"no checkpoint directory at {self.directory}: the run has "
@@ -60,7 +75,7 @@ class CheckpointStore:
         options = (_read_only_options() if read_only else ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
         self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "data"))
+                                              item_names=("state", "data", "meta"))
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
@@ -77,15 +92,13 @@ class CheckpointStore:
             raise CheckpointError(f"the checkpoint store at {self.directory} was opened "
                                   "read-only; open it without read_only=True to save.")
         self._pending = int(step)
+        items = {"state": ocp.args.StandardSave(state_items),
+                 "data": grain.checkpoint.CheckpointSave(data_iterator)}
+        if self.identity is not None:
+            # In the same step directory, so finalised (made visible) together with the state.
+            items["meta"] = ocp.args.JsonSave(self.identity)
         try:
-            self._manager.save(
-                int(step),
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state_items),
-                    data=grain.checkpoint.CheckpointSave(data_iterator),
-                ),
-                force=True,
-            )
+            self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
         except Exception as e:  # orbax raises many types (OSError, ValueError, ...)
             log.debug("checkpoint save failed", exc_info=True)
             raise CheckpointError(
@@ -110,40 +123,78 @@ class CheckpointStore:
 
         Positions ``data_iterator`` where that checkpoint left it (None: the state alone is
         read). Returns ``(state_items, step)``, or None when there is no checkpoint. Damaged
-        checkpoints are skipped with a warning and moved to ``<directory>-damaged/`` (kept for
-        inspection, and out of the way of the step numbers the resumed run will save again);
-        a read-only store leaves them where they are.
+        checkpoints are skipped with a warning; once an intact one is found, the damaged newer
+        ones are moved to ``<directory>-damaged/`` (kept for inspection, and out of the way of
+        the step numbers the resumed run will save again); a read-only store leaves them where
+        they are. Raises :class:`NoIntactCheckpointError` (moving nothing) when none is intact,
+        and :class:`ForeignCheckpointError` for a checkpoint of another run (see ``identity``).
         """
         steps = self.steps()
+        damaged: list[int] = []
         for step in reversed(steps):
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
+                # Whose it is comes first: another run's state may not even fit the target.
+                self._check_identity(step, self._read_identity(step))
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
                 state = restored["state"]
                 jax.block_until_ready(state)
+            except ForeignCheckpointError:
+                raise
             except Exception as e:
-                where = ("left in place (read-only)" if self.read_only
-                         else f"moved to {self._quarantine(step)}")
+                damaged.append(step)
                 log.warning(
-                    "checkpoint at step %d is damaged and was skipped (%s: %s); %s. "
+                    "checkpoint at step %d is damaged and was skipped (%s: %s)%s. "
                     "Falling back to an older one.",
-                    step, type(e).__name__, (str(e).splitlines() or [""])[0][:300], where,
+                    step, type(e).__name__, (str(e).splitlines() or [""])[0][:300],
+                    "; left in place (read-only)" if self.read_only else "",
                 )
                 continue
+            if damaged and not self.read_only:
+                moved = [self._quarantine(s) for s in damaged]
+                log.warning("moved the damaged checkpoints %s aside: %s.", damaged,
+                            ", ".join(moved))
             if step != steps[-1]:
                 log.warning("resumed from step %d, not the newest checkpoint (%d).", step,
                             steps[-1])
             return state, step
-        if steps:
+        aside = self._damaged_aside()
+        if steps or aside:
             fix = ("Resume the run (nlnoise-train with the same command) to replace them."
                    if self.read_only else
-                   "Move the directory aside to start afresh (nothing was deleted).")
-            raise CheckpointError(
-                f"none of the checkpoints {steps} under {self.directory} could be read. {fix}"
-            )
+                   "Nothing was moved or deleted: pass --overwrite to move the run to its "
+                   "archive/ and start afresh, or restore intact checkpoints.")
+            what = (f"none of the checkpoints {steps} under {self.directory} could be read"
+                    if steps else f"no checkpoint is left under {self.directory}, and the "
+                    f"damaged ones {aside} are set aside in {self.directory}-damaged")
+            raise NoIntactCheckpointError(f"{what}. {fix}")
         return None
+
+    def _read_identity(self, step: int) -> dict[str, str] | None:
+        if self.identity is None or not os.path.isdir(os.path.join(self.directory, str(step),
+                                                                   "meta")):
+            return None  # a checkpoint made before identities were recorded
+        out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
+    def _check_identity(self, step: int, found: dict[str, str] | None) -> None:
+        if found is None or self.identity is None or found == self.identity:
+            return
+        what = [name for name, key in (("config", "config_fingerprint"),
+                                       ("training labels", "dataset_fingerprint"))
+                if found.get(key) != self.identity.get(key)]
+        raise ForeignCheckpointError(
+            f"the checkpoint at step {step} under {self.directory} belongs to another run (its "
+            f"{' and '.join(what)} fingerprint{'s differ' if len(what) > 1 else ' differs'} "
+            "from this run's), so it is not resumed. "
+            "Restore that run's config.json (and data) to resume it, pass --overwrite to move "
+            "it to archive/ and start afresh, or use a new --workdir.")
+
+    def _damaged_aside(self) -> list[str]:
+        aside = self.directory.rstrip("/") + "-damaged"
+        return sorted(os.listdir(aside)) if os.path.isdir(aside) else []
 
     def _quarantine(self, step: int) -> str:
         src = os.path.join(self.directory, str(step))
@@ -164,8 +215,8 @@ class CheckpointStore:
         try:
             self._manager.close()
         except Exception as e:
-            if quiet:
-                log.warning("closing the checkpoint manager also failed: %r", e)
+            if quiet:  # the error being reported already says what failed
+                log.debug("closing the checkpoint manager also failed: %r", e)
                 return
             raise CheckpointError(
                 f"finishing the checkpoint for step {self._pending} under {self.directory} "
@@ -251,4 +302,4 @@ class BestParams:
         except Exception as e:
             if not quiet:
                 raise
-            log.warning("closing the best-parameters manager also failed: %r", e)
+            log.debug("closing the best-parameters manager also failed: %r", e)

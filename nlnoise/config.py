@@ -285,7 +285,9 @@ def _number(cfg, field: str, *, lo=None, hi=None, integer=False, lo_open=False,
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises :class:`ConfigError` for the first invalid value. Does no I/O and trains nothing.
 
-    ``num_devices`` (default: ``jax.device_count()``) checks the mesh and batch divisibility.
+    ``num_devices`` (default: ``jax.device_count()``) checks the mesh and batch divisibility;
+    0 skips those checks and leaves jax unstarted (validating configs before a run decides its
+    devices, e.g. every cell of a sweep up front).
     """
     from nlnoise import models
 
@@ -399,13 +401,18 @@ def check_cpu_devices(cfg: ml_collections.ConfigDict) -> None:
 def _validate_mesh(cfg, num_devices: int | None) -> None:
     import jax
 
-    devices = jax.device_count() if num_devices is None else num_devices
     _number(cfg, "mesh.model", lo=1, integer=True)
     _number(cfg, "mesh.data", lo=-1, integer=True)
     check_cpu_devices(cfg)
     data, model = cfg.mesh.data, cfg.mesh.model
     if data == 0:
         raise _err("mesh.data", "must be >= 1, or -1 for all devices not used by mesh.model.")
+    if num_devices == 0:
+        if data > 0 and cfg.batch_size % data:
+            raise _err("batch_size", f"{cfg.batch_size} is not divisible by mesh.data={data}; "
+                       f"use a multiple of {data}.")
+        return
+    devices = jax.device_count() if num_devices is None else num_devices
     if devices % model and cfg.mesh.data == -1:
         raise _err("mesh.model", f"{model} does not divide the {devices} devices available.")
     data = devices // model if data == -1 else data

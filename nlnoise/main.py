@@ -1,12 +1,14 @@
 """``nlnoise-train``: run an experiment from a config file.
 
     nlnoise-train --config=configs/cifar10.py:noise=0.5,model=learned --workdir=DIR \\
-        [--config.key=value ...] [--overwrite]
+        [--config.key=value ...] [--overwrite] [--break_lock]
 
 Also ``python -m nlnoise.main``. Running the same command again resumes from the newest intact
-checkpoint. Multi-process runs call ``jax.distributed.initialize`` when ``--coordinator`` (or
-the ``NLNOISE_COORDINATOR`` environment variable) is set, or on a TPU pod with
-``--distributed``.
+checkpoint; Ctrl-C or SIGTERM stops the run cleanly (the lock on DIR is released, a checkpoint
+being written is finished). Every error is one line on stderr and exit code 2.
+
+Multi-process runs call ``jax.distributed.initialize`` when ``--coordinator`` (or the
+``NLNOISE_COORDINATOR`` environment variable) is set, or on a TPU pod with ``--distributed``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 
 from absl import app, flags
@@ -24,8 +27,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False,
-                               "Move a different run found in --workdir to its archive/.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Move what --workdir holds to its archive/ and start afresh when it "
+    "cannot be resumed (another config, no intact checkpoint, damaged run files).")
+_BREAK_LOCK = flags.DEFINE_bool(
+    "break_lock", False, "Take over --workdir's lock even from a process that still seems to "
+    "hold it (one on a host that was lost); never needed after a crash on this host.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with no arguments (TPU pods).")
 _COORDINATOR = flags.DEFINE_string("coordinator", os.environ.get("NLNOISE_COORDINATOR"),
@@ -51,47 +58,106 @@ def _init_distributed() -> None:
         jax.distributed.initialize()
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that cleanups run as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Stopped()
+
+
+def _quiet_libraries(level: str) -> None:
+    """Keeps the console to nlnoise's own messages unless ``level`` is DEBUG.
+
+    orbax logs every save at INFO and, when a write fails (a full disk), each failed operation
+    at ERROR with its traceback, and its background threads and tensorstore's callbacks print
+    more tracebacks; tensorboardX's writer thread and exit hook do the same. The run's own
+    error already says what failed and what to do, so these go to the ``nlnoise`` logger at
+    DEBUG, one line each (NLNOISE_LOG_LEVEL=DEBUG shows them).
+    """
+    import threading
+
+    from absl import logging as absl_logging
+
+    debug = level.upper() == "DEBUG"
+    logging.getLogger("nlnoise").setLevel(level)
+    absl_logging.set_verbosity(absl_logging.INFO if debug else absl_logging.FATAL)
+    if debug:
+        return
+    log = logging.getLogger("nlnoise")
+    main_excepthook = sys.excepthook
+
+    def excepthook(kind, value, tb):
+        if threading.current_thread() is threading.main_thread():
+            main_excepthook(kind, value, tb)  # a bug of ours: keep the traceback
+        else:
+            log.debug("background error: %s: %s", kind.__name__, value)
+
+    sys.excepthook = excepthook
+    threading.excepthook = lambda a: log.debug("error in thread %s: %s: %s", a.thread,
+                                               a.exc_type.__name__, a.exc_value)
+    sys.unraisablehook = lambda u: log.debug("ignored error in %r: %s", u.object,
+                                             u.exc_value)
+
+
 def main(argv: list[str], on_phase: Callable[[str, int], None] | None = None) -> int:
     """Runs the configured experiment; ``on_phase`` goes to ``run.train_and_evaluate``."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _WORKDIR.value is None:
-        raise app.UsageError("--workdir is required.")
-    from absl import logging as absl_logging
-
-    # orbax logs every save at INFO through absl; keep the console to nlnoise's own messages.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("nlnoise").setLevel(os.environ.get("NLNOISE_LOG_LEVEL", "INFO"))
-    _init_distributed()
-
-    try:
-        cfg = _CONFIG.value
-    except OSError as e:
-        _fail(str(e).splitlines()[0] + " " + " ".join(str(e).splitlines()[1:]).strip())
-
-    from nlnoise import run as run_lib
-    from nlnoise.checkpoint import CheckpointError
-    from nlnoise.config import ConfigError
-    from nlnoise.data import DataError
-    from nlnoise.noise import NoiseMatrixError
-    from nlnoise.step import NonFiniteError
-    from nlnoise.workdir import WorkdirError
-
+        _fail(f"unexpected arguments {argv[1:]}: options are --name=value.")
+    workdir = _WORKDIR.value
+    if not workdir or not workdir.strip():
+        _fail("--workdir is required and must not be empty: give the run's directory, e.g. "
+              "--workdir=runs/digits (it is created if missing).")
+    _quiet_libraries(os.environ.get("NLNOISE_LOG_LEVEL", "INFO"))
+    signal.signal(signal.SIGTERM, _on_sigterm)
     # A full disk or a file-size limit then raises an OSError we report, instead of killing
     # the process with SIGXFSZ halfway through a write.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        summary = run_lib.train_and_evaluate(cfg, _WORKDIR.value, overwrite=_OVERWRITE.value,
-                                             on_phase=on_phase)
+        _init_distributed()
+        summary = _train(_CONFIG.value, workdir, on_phase)
+    except KeyboardInterrupt as e:
+        how = "SIGTERM" if isinstance(e, _Stopped) else "Ctrl-C (SIGINT)"
+        print(f"nlnoise-train: stopped by {how}. Completed checkpoints in {workdir} are kept; "
+              "run the same command to resume.", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, _Stopped) else signal.SIGINT)
+    if isinstance(summary, int):
+        return summary
+    _report(summary, workdir)
+    return 0
+
+
+def _train(cfg, workdir: str, on_phase) -> dict | int:
+    """train_and_evaluate, with every expected failure as one line on stderr (returns 2)."""
+    if cfg is None:
+        _fail("--config is required, e.g. --config=configs/digits.py:runlocal.")
+    from nlnoise import run as run_lib
+    from nlnoise.checkpoint import CheckpointError
+    from nlnoise.config import ConfigError
+    from nlnoise.data import DataError
+    from nlnoise.lock import LockError
+    from nlnoise.noise import NoiseMatrixError
+    from nlnoise.step import NonFiniteError
+    from nlnoise.workdir import DISK_FULL, WorkdirError, describe_os_error
+
+    try:
+        return run_lib.train_and_evaluate(cfg, workdir, overwrite=_OVERWRITE.value,
+                                          break_lock=_BREAK_LOCK.value, on_phase=on_phase)
     except (ConfigError, DataError, NoiseMatrixError, WorkdirError, CheckpointError,
-            NonFiniteError) as e:
-        print(f"nlnoise-train: error: {e}", file=sys.stderr)
-        return 2
+            NonFiniteError, LockError) as e:
+        message = str(e)
     except OSError as e:
-        print(f"nlnoise-train: error: writing to {_WORKDIR.value} failed ({e}). Completed "
-              "checkpoints are kept; free disk space and run the same command to resume.",
-              file=sys.stderr)
-        return 2
+        if e.errno in DISK_FULL:
+            message = (f"writing to {workdir} failed ({describe_os_error(e)}). Completed "
+                       "checkpoints are kept; free disk space and run the same command to "
+                       "resume.")
+        else:
+            message = f"{describe_os_error(e)} ({type(e).__name__})."
+    print(f"nlnoise-train: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _report(summary: dict, workdir: str) -> None:
     final = summary.get("final", {})
     shown = ", ".join(f"{k}={final[k]:.4f}" for k in ("test_error", "q_rel_l1", "q_trace",
                                                       "q_star_trace", "outlier_ap")
@@ -103,8 +169,7 @@ def main(argv: list[str], on_phase: Callable[[str, int], None] | None = None) ->
           + (f"\nlowest held-out noisy loss at epoch {best['epoch']:g}: clean test error "
              f"{best['test_error']:.2%}; its parameters: {summary.get('best_params_dir')}"
              if (best := summary.get("best")) else "")
-          + f"\nmetrics: {_WORKDIR.value}/metrics.jsonl, plots: {_WORKDIR.value}/plots/")
-    return 0
+          + f"\nmetrics: {workdir}/metrics.jsonl, plots: {workdir}/plots/")
 
 
 def _fail(message: str) -> None:
@@ -112,8 +177,49 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _config_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv[1:], start=1):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _check_config_file(argv: list[str]) -> str | None:
+    """Refuses a missing --config or config file in one line; returns the file's path."""
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+        return None
+    arg = _config_arg(argv)
+    if arg is None:
+        _fail("--config is required, e.g. --config=configs/digits.py:runlocal.")
+    path = arg.split(":", 1)[0]
+    if not path:
+        _fail(f"--config={arg}: no file named; e.g. --config=configs/digits.py:runlocal.")
+    if not os.path.isfile(path):
+        _fail(f"--config={arg}: no config file at {path!r} (paths are relative to the current "
+              "directory; the configs are in the repository's configs/).")
+    return os.path.abspath(path)
+
+
+def _in_config_file(e: BaseException, path: str | None) -> str | None:
+    """``'<file>, line N: Type: message'`` if ``e`` was raised by the config file itself."""
+    if isinstance(e, SyntaxError) and e.filename and path and \
+            os.path.abspath(e.filename) == path:
+        return f"{path}, line {e.lineno}: SyntaxError: {e.msg}"
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if path and os.path.abspath(f.filename) == path]
+    if frames:
+        return f"{path}, line {frames[-1].lineno}: {type(e).__name__}: {e}"
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+        return (f"{path} has no get_config(arg) function: a config file returns its "
+                "ConfigDict from get_config (see configs/digits.py)")
+    return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with config errors reported in one line instead of a traceback."""
+    path = _check_config_file(argv)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -124,7 +230,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
             text += " (not a key of this config; see the config file or nlnoise.config)"
         _fail(text)
         raise  # unreachable
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
+    except Exception as e:
+        where = _in_config_file(e, path)
+        if where:
+            _fail(f"--config: {where}")
         # config_flags applying --config.a.b=value to a key the config lacks, or a bad value.
         overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
         detail = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"")

@@ -28,6 +28,7 @@ import optax
 
 from nlnoise import checkpoint, data, eval_loop, models, noise, optim, q_schedule, sharding
 from nlnoise import config as config_lib
+from nlnoise import lock as lock_lib
 from nlnoise import step as step_lib
 from nlnoise import workdir as workdir_lib
 
@@ -251,27 +252,83 @@ def _lower_decay_if_due(state, records, record, spec: RunSpec, eval_every: int,
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False,
-                       on_phase: PhaseCallback | None = None) -> dict[str, Any]:
+                       break_lock: bool = False, on_phase: PhaseCallback | None = None
+                       ) -> dict[str, Any]:
     """Runs (or resumes) the experiment ``cfg`` in ``workdir``; returns the summary.
 
     Everything that can be wrong with the config or the data is checked before anything is
-    written. Running the same command again resumes from the newest intact checkpoint; a
-    finished run returns its summary without training. A workdir holding a run with another
-    config is refused unless ``overwrite`` (the old run is then moved to ``workdir/archive/``).
+    written. The run holds ``workdir``'s lock throughout (:func:`nlnoise.lock.own_workdir`: a
+    second run there is refused at once, naming the holder; ``break_lock`` takes the lock
+    over). Running the same command again resumes from the newest intact checkpoint; a
+    finished run returns its summary without training. A workdir this run cannot continue
+    (another config, checkpoints of another run or without a config.json, no intact
+    checkpoint, damaged run files) is refused unless ``overwrite`` (its contents are then moved
+    to ``workdir/archive/``), and so is a run already past this config's last step.
     ``on_phase``: see :data:`PhaseCallback`.
-
-    One function of about 120 lines: the loop's order of syncs, evaluations, checkpoint saves
-    and window resets decides what a resumed run reproduces bit for bit, so it reads top to
-    bottom in one place; the steps it calls are helpers.
     """
     wall_start = time.time()
     _prepare_devices(cfg)
     run_dir = workdir_lib.RunDir(workdir)
+    owner = lock_lib.own_workdir(run_dir.path, break_lock=break_lock)
+    try:
+        return _train_owned(cfg, run_dir, wall_start, overwrite=overwrite,
+                            phase=on_phase or (lambda name, step: None))
+    finally:
+        owner.release()
+
+
+def _resume_point(cfg, run_dir: workdir_lib.RunDir, spec: RunSpec, identity: dict[str, str],
+                  restore: Callable[[checkpoint.CheckpointStore], Any], *, overwrite: bool
+                  ) -> tuple[checkpoint.CheckpointStore, Any, int]:
+    """Opens the checkpoint store and restores from it: ``(store, items or None, step)``.
+
+    No intact checkpoint, or checkpoints of another run, are an error on every try unless
+    ``overwrite`` (what is there is archived and the run starts afresh); a run already past
+    this config's last step is refused, so a summary never describes parameters of another
+    step. Then records this run's config.
+    """
+    def open_store():
+        return checkpoint.CheckpointStore(run_dir.checkpoints, keep=cfg.keep_checkpoints,
+                                          identity=identity)
+
+    store = open_store()
+    try:
+        restored = restore(store)
+    except (checkpoint.NoIntactCheckpointError, checkpoint.ForeignCheckpointError) as e:
+        store.close(quiet=True)
+        if not overwrite:
+            raise
+        log.warning("%s Starting afresh (--overwrite).", e)
+        run_dir.archive()
+        store, restored = open_store(), None
+    start = 0 if restored is None else restored[1]
+    if start > spec.total_steps:
+        store.close(quiet=True)
+        need = -(-start // spec.steps_per_epoch)
+        raise workdir_lib.WorkdirError(
+            f"workdir {run_dir.path} holds this run at step {start} (epoch "
+            f"{start / spec.steps_per_epoch:g}), past the {spec.total_steps} steps this config "
+            f"asks for (num_epochs={cfg.num_epochs}, max_steps={cfg.max_steps}): its "
+            f"parameters are step {start}'s. Give num_epochs >= {need} (and max_steps 0 or >= "
+            f"{start}) to resume it, or use a new --workdir.")
+    # Nothing was written so far; from here on the workdir belongs to this run.
+    run_dir.start(cfg, dataset_fingerprint=identity["dataset_fingerprint"],
+                  config_fingerprint=identity["config_fingerprint"])
+    return store, None if restored is None else restored[0], start
+
+
+def _train_owned(cfg: ml_collections.ConfigDict, run_dir: workdir_lib.RunDir, wall_start: float,
+                 *, overwrite: bool, phase: PhaseCallback) -> dict[str, Any]:
+    """The run, once its workdir is owned (see :func:`train_and_evaluate`).
+
+    One function of about 130 lines: the loop's order of syncs, evaluations, checkpoint saves
+    and window resets decides what a resumed run reproduces bit for bit, so it reads top to
+    bottom in one place; the steps it calls are helpers.
+    """
     finished = run_dir.check_config(cfg, RESUMABLE_KEYS, overwrite=overwrite)
     if finished is not None:
-        log.info("run in %s already finished; returning its summary.", workdir)
+        log.info("run in %s already finished; returning its summary.", run_dir.path)
         return finished
-    phase = on_phase or (lambda name, step: None)
     ds = load_dataset(cfg)
     spec = resolve_run(cfg, ds)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
@@ -291,18 +348,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, overwrit
                              process_index=jax.process_index(),
                              process_count=jax.process_count())
 
-    # Nothing was written so far; from here on the workdir belongs to this run.
-    run_dir.start(cfg, dataset_fingerprint=ds.label_fingerprint)
-    store = checkpoint.CheckpointStore(run_dir.checkpoints, keep=cfg.keep_checkpoints)
     state = jax.jit(init, out_shardings=state_sh)()
-    restored = store.restore(checkpoint.abstract_like(_checkpoint_tree(state),
-                                                      _checkpoint_tree(state_sh)), it)
-    start = 0
-    if restored is not None:
-        items, start = restored
+    target = checkpoint.abstract_like(_checkpoint_tree(state), _checkpoint_tree(state_sh))
+    store, items, start = _resume_point(
+        cfg, run_dir, spec, run_dir.identity(cfg, RESUMABLE_KEYS, ds.label_fingerprint),
+        lambda st: st.restore(target, it), overwrite=overwrite)
+    if items is not None:
         state = state.replace(**items["state"], window=items["acc"])
         log.info("resumed from the checkpoint at step %d.", start)
     records = run_dir.metrics.truncate_after(start)
+    run_dir.begin_segment(wall_start, start)
     # Label-free early stopping keeps its model: the parameters at the lowest held-out noisy
     # loss. Saves after the resumed step are replayed, like the metrics.
     best_store = checkpoint.BestParams(run_dir.best) if ds.val is not None else None
@@ -355,6 +410,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, overwrit
             if at_ckpt:
                 store.save(step, _checkpoint_tree(state), it)
                 phase("checkpoint-writing", step)
+            if at_eval or at_ckpt:
+                run_dir.update_segment(step, time.time() - wall_start)
             if at_log or at_eval or at_ckpt:
                 last_sync, last_step = time.perf_counter(), step
         store.wait()
@@ -370,8 +427,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, overwrit
     if best_store is not None:
         best_store.close()
 
-    summary = _summary(cfg, ds, spec, state, records, last_confusion,
-                       wall_s=time.time() - wall_start,
+    # The whole run's wall time: every start of it (segments.json), not only this one.
+    wall_s = run_dir.update_segment(step, time.time() - wall_start)
+    summary = _summary(cfg, ds, spec, state, records, last_confusion, wall_s=wall_s,
+                       segments=run_dir.num_segments,
                        images_per_s=(timed_steps * cfg.batch_size / train_time
                                      if train_time else None),
                        best_params_dir=run_dir.best if best_store is not None else None)
@@ -381,7 +440,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, overwrit
 
 
 def _summary(cfg, ds, spec: RunSpec, state, records, last_confusion, *, wall_s: float,
-             images_per_s: float | None, best_params_dir: str | None) -> dict[str, Any]:
+             segments: int, images_per_s: float | None, best_params_dir: str | None
+             ) -> dict[str, Any]:
     """``summary.json``: the final and the selected evaluations, Q, speed and the config."""
     params = step_lib.host_params(state)
     q = np.asarray(sharding.unpad_q(params["q"]), np.float64)
@@ -394,7 +454,8 @@ def _summary(cfg, ds, spec: RunSpec, state, records, last_confusion, *, wall_s: 
         "best_params_dir": best_params_dir,
         "steps": spec.total_steps,
         "epochs": spec.total_steps / spec.steps_per_epoch,
-        "wall_time_s": wall_s,
+        "wall_time_s": wall_s,  # summed over every start of the run
+        "segments": segments,  # how many starts it took (1: never interrupted)
         "train_images_per_s": images_per_s,
         "num_devices": jax.device_count(),
         "num_processes": jax.process_count(),
@@ -455,6 +516,10 @@ def load_for_prediction(workdir: str, params: str = "best", *,
             f"the training labels differ from those of the run in {run_dir.path}: the data "
             "files changed. Load it with the data it was trained on.")
     spec = resolve_run(cfg, ds)
+    # Refuses a checkpoint that another run left here (see checkpoint.CheckpointStore).
+    identity = {"config_fingerprint": workdir_lib.config_fingerprint(saved["config"],
+                                                                     RESUMABLE_KEYS),
+                "dataset_fingerprint": ds.label_fingerprint}
     init = _state_init(cfg, ds, spec)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     state = jax.jit(init, out_shardings=device)()
@@ -470,7 +535,8 @@ def load_for_prediction(workdir: str, params: str = "best", *,
         restored, step = found
         state, source = state.replace(params=restored), run_dir.best
     else:
-        store = checkpoint.CheckpointStore(run_dir.checkpoints, read_only=True)
+        store = checkpoint.CheckpointStore(run_dir.checkpoints, read_only=True,
+                                           identity=identity)
         tree = _checkpoint_tree(state)
         found = store.restore(checkpoint.abstract_like(tree, jax.tree.map(lambda _: device,
                                                                           tree)))

@@ -8,23 +8,30 @@
     nlnoise-sweep --grid=fashion_noise --report             # table + plot of finished cells
 
 Every cell trains in its own workdir; finished cells are read back and interrupted ones resume,
-so the same command continues a sweep after a stop. The table goes to ``<dir>/<grid>.json`` and
+so the same command continues a sweep after a stop. Every cell's config is built and validated
+before anything runs (also with ``--dry_run``), and a cell that another process is running is
+refused up front (run the other cells with ``--only``). Flags are absl flags, as
+``nlnoise-train``'s (``--name=value`` or ``--name value``; ``--only`` and ``--set`` repeat);
+every error is one line and exit code 2. The table goes to ``<dir>/<grid>.json`` and
 ``<dir>/<grid>.md``, the plot of clean test error to ``<dir>/<grid>.png`` and the curves of
 every cell (error and ``tr(Q)`` against epoch) to ``<dir>/<grid>_curves.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+import types
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nlnoise import experiments
+from absl import flags
+
+from nlnoise import config as config_lib
+from nlnoise import experiments, lock
 
 DEFAULT_SWEEPS = "configs/sweeps.py"
 # Grid keys -> the record field plotted on the x axis.
@@ -43,6 +50,9 @@ def parse_grid(text: str) -> dict[str, list[Any]]:
         if not sep or not values.strip():
             raise ValueError(f"--grid: {part!r} is not key=value1|value2|...; e.g. "
                              "--grid='noise=0.3|0.5;model=none|learned'.")
+        if any(not v.strip() for v in values.split("|")):
+            raise ValueError(f"--grid: {part!r} has an empty value; separate values with single "
+                             "'|', e.g. noise=0.3|0.5.")
         grid[key.strip()] = [_literal(v.strip()) for v in values.split("|")]
     if not grid:
         raise ValueError("--grid: empty; give a sweep name (see --list) or key=v1|v2;...")
@@ -69,12 +79,21 @@ def load_sweeps(path: str) -> dict[str, dict[str, Any]]:
     return module.get_sweeps()
 
 
-def resolve(args: argparse.Namespace) -> dict[str, Any]:
-    """The sweep the command line names: config, directory, base variant, cells."""
+def _split_config(config: str, *bases: str) -> tuple[str, str]:
+    """``("configs/x.py:a=1", "b=2")`` -> ``("configs/x.py", "a=1,b=2")``: a config's own
+    variant comes first, then the bases."""
+    path, _, variant = config.partition(":")
+    return path, ",".join(b for b in (variant, *bases) if b)
+
+
+def resolve(args: Any) -> dict[str, Any]:
+    """The sweep the command line names (``args``: the parsed flags, as attributes): config
+    file, directory, base variant, cells."""
     if args.config:
         grid = parse_grid(args.grid)
         name = os.path.basename(os.path.normpath(args.root)) or "sweep"
-        return {"name": name, "config": args.config, "dir": args.root, "base": args.base,
+        path, base = _split_config(args.config, args.base)
+        return {"name": name, "config": path, "dir": args.root, "base": base,
                 "cells": experiments.expand(grid), "x": RECORD_KEYS.get(next(iter(grid)),
                                                                        "noise_level")}
     sweeps = load_sweeps(args.sweeps)
@@ -84,9 +103,43 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     s = sweeps[args.grid]
     directory = os.path.join(args.root, s["dir"])
     cells = experiments.expand(s["grid"])
-    base = ",".join(b for b in (s.get("base", ""), args.base) if b)
-    return {"name": args.grid, "config": s["config"], "dir": directory, "base": base,
+    path, base = _split_config(s["config"], s.get("base", ""), args.base)
+    return {"name": args.grid, "config": path, "dir": directory, "base": base,
             "cells": cells, "x": s.get("x", "noise_level")}
+
+
+def check_cells(sweep: Mapping[str, Any], cells: Sequence[experiments.Cell],
+                overrides: Mapping[str, Any]) -> list[str]:
+    """Builds and validates every cell's config before anything runs; returns the cells'
+    workdirs. Raises ``ConfigError`` naming the first bad cell (unknown key, bad value, a
+    config file that does not load) and ``WorkdirBusyError`` for a cell another process is
+    running. The device-dependent checks (mesh, batch divisibility) wait for the cell's run."""
+    if not os.path.isfile(sweep["config"]):
+        raise config_lib.ConfigError(f"config: no file at {sweep['config']!r}; run from the "
+                                     "repository root or give the config file's path.")
+    workdirs = []
+    for cell in cells:
+        name, variant = experiments.split_cell(cell)
+        variant = variant.replace("{root}", sweep["dir"])
+        full = ",".join(v for v in (sweep["base"], variant) if v)
+        try:
+            cfg = experiments.load_config(sweep["config"], full)
+            for key, value in overrides.items():
+                config_lib.set_path(cfg, key, value)
+            config_lib.validate(cfg, num_devices=0)
+        except config_lib.ConfigError as e:
+            raise config_lib.ConfigError(f"cell {name} ({full}): {e}") from None
+        except Exception as e:  # the config file itself failed (syntax, name, ...)
+            raise config_lib.ConfigError(f"cell {name}: {sweep['config']} with {full!r} does "
+                                         f"not load: {type(e).__name__}: {e}") from None
+        workdir = os.path.join(sweep["dir"], name)
+        holder = lock.busy_holder(workdir)
+        if holder is not None:
+            raise lock.WorkdirBusyError(
+                f"cell {name} ({workdir}) is in use by {lock.describe(holder)}; wait for it, "
+                "or leave it out (--only selects the cells to run). Nothing was run.")
+        workdirs.append(workdir)
+    return workdirs
 
 
 def select(cells: Sequence[experiments.Cell], patterns: Sequence[str]
@@ -190,26 +243,65 @@ def report(name: str, directory: str, table: Sequence[dict[str, Any]], x: str) -
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nlnoise-sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", help="a sweep name of --sweeps, or with --config: "
-                   "'key=v1|v2;key2=...'")
-    p.add_argument("--config", help="config file for an ad-hoc --grid")
-    p.add_argument("--sweeps", default=DEFAULT_SWEEPS, help="file of named sweeps")
-    p.add_argument("--root", default="runs/sweeps", help="directory of the sweeps' cells")
-    p.add_argument("--base", default="", help="variant applied to every cell, e.g. epochs=3")
-    p.add_argument("--only", action="append", default=[],
-                   help="run only cells containing this text, e.g. noise=0.5 (repeatable: a cell "
-                   "must contain every one)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every cell, e.g. progress_bar=False")
-    p.add_argument("--list", action="store_true", help="list the named sweeps and exit")
-    p.add_argument("--dry_run", action="store_true", help="print the cells and exit")
-    p.add_argument("--report", action="store_true",
-                   help="tabulate finished cells only; train nothing")
-    args = p.parse_args(argv)
+def _define_flags() -> flags.FlagValues:
+    """A fresh set of absl flags (not absl's global one, which nlnoise-train's flags use)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_string("grid", None, "a sweep name of --sweeps, or with --config: "
+                        "'key=v1|v2;key2=...'", flag_values=fv)
+    flags.DEFINE_string("config", None, "config file[:variant] for an ad-hoc --grid",
+                        flag_values=fv)
+    flags.DEFINE_string("sweeps", DEFAULT_SWEEPS, "file of named sweeps", flag_values=fv)
+    flags.DEFINE_string("root", "runs/sweeps", "directory of the sweeps' cells", flag_values=fv)
+    flags.DEFINE_string("base", "", "variant applied to every cell, e.g. epochs=3",
+                        flag_values=fv)
+    flags.DEFINE_multi_string("only", [], "run only cells containing this text, e.g. "
+                              "noise=0.5 (repeatable: a cell must contain every one)",
+                              flag_values=fv)
+    flags.DEFINE_multi_string("set", [], "KEY=VALUE: config override for every cell, e.g. "
+                              "progress_bar=False (repeatable)", flag_values=fv)
+    flags.DEFINE_bool("list", False, "list the named sweeps and exit", flag_values=fv)
+    flags.DEFINE_bool("dry_run", False, "validate every cell, print them and exit",
+                      flag_values=fv)
+    flags.DEFINE_bool("report", False, "tabulate finished cells only; train nothing",
+                      flag_values=fv)
+    return fv
+
+
+def parse_flags(argv: Sequence[str]) -> types.SimpleNamespace:
+    """The command line (without the program name) as attributes; ``ValueError`` in one line
+    for an unknown flag, a bad value or a stray argument."""
+    fv = _define_flags()
     try:
+        rest = fv(["nlnoise-sweep", *argv])
+    except flags.Error as e:
+        raise ValueError(" ".join(str(e).split())) from None
+    if len(rest) > 1:
+        raise ValueError(f"unexpected arguments {rest[1:]}: options are --name=value.")
+    return types.SimpleNamespace(**{name: fv[name].value for name in fv})
+
+
+def _overrides(items: Sequence[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"progress_bar": False}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE.")
+        overrides[key.strip()] = _literal(value.strip())
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``nlnoise-sweep`` with ``argv`` (without the program name; default ``sys.argv[1:]``).
+    Returns the exit code: 0, 1 when a cell failed while running, 2 for a refused command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv):
+        print(__doc__.strip() + "\n\nflags:\n" + _define_flags().get_help())
+        return 0
+    from nlnoise.data import DataError
+    from nlnoise.workdir import WorkdirError, describe_os_error
+
+    try:
+        args = parse_flags(argv)
         if args.list:
             for name, s in load_sweeps(args.sweeps).items():
                 n = len(experiments.expand(s["grid"]))
@@ -222,34 +314,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not cells:
             raise ValueError(f"--only {args.only}: matches none of the {len(sweep['cells'])} "
                              "cells; see --dry_run.")
-        overrides = {"progress_bar": False}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set {item!r}: expected KEY=VALUE.")
-            overrides[key.strip()] = _literal(value.strip())
+        overrides = _overrides(args.set)
+        # A report trains nothing, so it needs no valid or free cell.
+        workdirs = [] if args.report and not args.dry_run else check_cells(sweep, cells,
+                                                                           overrides)
         if args.dry_run:
-            for c in cells:
+            for c, workdir in zip(cells, workdirs, strict=True):
                 name, variant = experiments.split_cell(c)
-                done = os.path.exists(os.path.join(sweep["dir"], name, "summary.json"))
+                done = os.path.exists(os.path.join(workdir, "summary.json"))
                 print(f"{'done ' if done else 'to do'}  {name}: {variant}")
             return 0
         table = experiments.run_grid(sweep["config"], cells, root=sweep["dir"],
                                      base_variant=sweep["base"], overrides=overrides,
                                      placeholders={"{root}": sweep["dir"]},
                                      finished_only=args.report, keep_going=True)
-    except (ValueError, OSError) as e:
-        print(f"nlnoise-sweep: error: {e}", file=sys.stderr)
+    except (ValueError, DataError, WorkdirError, lock.LockError) as e:
+        print(f"nlnoise-sweep: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    except Exception as e:  # config, data and workdir errors of a cell: one line, exit 2
-        from nlnoise.config import ConfigError
-        from nlnoise.data import DataError
-        from nlnoise.workdir import WorkdirError
-
-        if isinstance(e, ConfigError | DataError | WorkdirError):
-            print(f"nlnoise-sweep: error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except OSError as e:
+        print(f"nlnoise-sweep: error: {describe_os_error(e)} ({type(e).__name__}).",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nlnoise-sweep: stopped. Finished cells and the checkpoints of the interrupted "
+              "one are kept; run the same command to continue.", file=sys.stderr)
+        return 130
     for path in report(sweep["name"], sweep["dir"], table, sweep["x"]):
         print(path)
     failed = [r for r in table if "error" in r]
@@ -258,8 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C (the cell's lock is released)
+
+
 def run() -> None:
     """Console-script entry point."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(main())
 
 

@@ -91,14 +91,46 @@ def test_damaged_latest_falls_back_to_newest_intact(tmp_path, digits, how, caplo
     assert store2.steps() == [1, 2]
 
 
-def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(tmp_path, digits):
+def test_no_intact_checkpoint_is_an_error_on_every_try_and_nothing_moves(tmp_path, digits):
     it = _iterator(digits)
     store = checkpoint.CheckpointStore(str(tmp_path / "c"))
-    store.save(1, _tree(1.0), it)
+    for s in (1, 2):
+        store.save(s, _tree(float(s)), it)
     store.wait()
-    _corrupt(tmp_path / "c" / "1", "garbage")
-    with pytest.raises(checkpoint.CheckpointError, match="could be read"):
+    for s in ("1", "2"):
+        _corrupt(tmp_path / "c" / s, "garbage")
+    for _ in range(2):  # a scheduler's retry gets the same answer
+        with pytest.raises(checkpoint.NoIntactCheckpointError, match="could be read.*--overwrite"):
+            checkpoint.CheckpointStore(str(tmp_path / "c")).restore(_tree(0.0),
+                                                                    _iterator(digits))
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.name.isdigit()) == ["1", "2"]
+    assert not (tmp_path / "c-damaged").exists()
+    # Damaged checkpoints set aside with none left beside them: still no fresh start.
+    (tmp_path / "c-damaged").mkdir()
+    for s in ("1", "2"):
+        os.replace(tmp_path / "c" / s, tmp_path / "c-damaged" / s)
+    with pytest.raises(checkpoint.NoIntactCheckpointError, match="damaged ones"):
         checkpoint.CheckpointStore(str(tmp_path / "c")).restore(_tree(0.0), _iterator(digits))
+
+
+def test_a_checkpoint_of_another_run_is_refused_not_skipped(tmp_path, digits):
+    mine = {"config_fingerprint": "a", "dataset_fingerprint": "d"}
+    store = checkpoint.CheckpointStore(str(tmp_path / "c"), identity=mine)
+    store.save(1, _tree(1.0), _iterator(digits))
+    store.close()
+    assert checkpoint.CheckpointStore(str(tmp_path / "c"), identity=mine).restore(
+        _tree(0.0))[1] == 1
+    for other, what in (({**mine, "config_fingerprint": "b"}, "its config fingerprint"),
+                        ({**mine, "dataset_fingerprint": "e"}, "its training labels")):
+        with pytest.raises(checkpoint.CheckpointError, match=rf"step 1 .*another run \({what}"):
+            checkpoint.CheckpointStore(str(tmp_path / "c"), identity=other).restore(_tree(0.0))
+    assert (tmp_path / "c" / "1").exists() and not (tmp_path / "c-damaged").exists()
+    # A checkpoint written without an identity is judged by the workdir's config.json alone.
+    plain = checkpoint.CheckpointStore(str(tmp_path / "p"))
+    plain.save(1, _tree(1.0), _iterator(digits))
+    plain.close()
+    assert checkpoint.CheckpointStore(str(tmp_path / "p"), identity=mine).restore(
+        _tree(0.0))[1] == 1
 
 
 _FULL_DISK_SAVE = r"""

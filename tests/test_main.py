@@ -1,5 +1,6 @@
 """The nlnoise-train command: a real tiny run, and clean refusals of bad input."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -52,6 +53,123 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, args, message
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert not work.exists() or not any(work.iterdir())
+
+
+_BAD_FILES = {
+    "syntax.py": "def get_config(arg=None)\n    return None\n",
+    "name.py": "def get_config(arg=None):\n    return undefined_name\n",
+    "noget.py": "x = 1\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config=configs/nope.py"], "--config=configs/nope.py: no config file at"),
+        (["--config={d}/syntax.py"], "syntax.py, line 1: SyntaxError"),
+        (["--config={d}/name.py"], "name.py, line 2: NameError: name 'undefined_name'"),
+        (["--config={d}/noget.py"], "noget.py has no get_config(arg) function"),
+        ([], "--config is required"),
+        (["--config=configs/digits.py", "--workdir="], "--workdir is required and must not be"),
+        (["--config=configs/digits.py", "--workdir={d}/file"], "file is a file, not a directory"),
+        (["--config=configs/digits.py", "--workdir={d}/file/w"],
+         "file/w cannot be created or written"),
+    ],
+    ids=["missing-file", "syntax", "name", "no-get_config", "no-config", "empty-workdir",
+         "workdir-is-a-file", "workdir-under-a-file"],
+)
+def test_config_and_workdir_failures_are_one_line_naming_what_failed(tmp_path, args, message):
+    for name, text in _BAD_FILES.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "file").write_text("not a directory")
+    args = [a.format(d=tmp_path) for a in args]
+    if not any(a.startswith("--workdir") for a in args):
+        args.append(f"--workdir={tmp_path / 'w'}")
+    out = _run(*args, "--config.progress_bar=False" if len(args) > 1 else "--noverwrite",
+               timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+    assert "free disk space" not in out.stderr
+    assert not (tmp_path / "w").exists() and (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_unwritable_workdir_is_named_not_blamed_on_the_disk(tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere a permission allows: use a system directory
+        target = pathlib.Path("/sys/nlnoise-test-workdir")
+        try:
+            target.mkdir()
+        except OSError:
+            pass
+        else:
+            target.rmdir()
+            pytest.skip("/sys is writable here")
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = tmp_path / "ro" / "w"
+    out = _run("--config=configs/digits.py", f"--workdir={target}", timeout=300)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be created or written" in lines[0], out.stderr[-2000:]
+    assert "disk" not in lines[0]
+
+
+def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+
+    d = tmp_path / "w"
+    args = [sys.executable, "-m", "nlnoise.main", "--config=configs/digits.py:runlocal",
+            f"--workdir={d}", "--config.progress_bar=False", "--config.mesh.data=1",
+            "--config.checkpoint_every_steps=10"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    resumed_past = 0
+    for sig, code, said in ((signal.SIGINT, 130, "Ctrl-C (SIGINT)"),
+                            (signal.SIGTERM, 143, "SIGTERM")):
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            steps = [int(p.name) for p in (d / "checkpoints").glob("*") if p.name.isdigit()] \
+                if (d / "checkpoints").exists() else []
+            if steps and max(steps) > resumed_past:
+                break
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=300)[1]
+        assert proc.returncode == code, err[-2000:]
+        ours = [line for line in err.splitlines() if line.startswith("nlnoise-train:")]
+        assert ours == [f"nlnoise-train: stopped by {said}. Completed checkpoints in {d} are "
+                        "kept; run the same command to resume."], err[-2000:]
+        assert "Traceback" not in err and not (d / ".lock").exists()
+        resumed_past = max(int(p.name) for p in (d / "checkpoints").iterdir()
+                           if p.name.isdigit())
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from the checkpoint at step {resumed_past}" in done.stderr
+    assert json.loads((d / "summary.json").read_text())["segments"] == 3
+
+
+def test_a_full_disk_at_start_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    # Every write past 1 KiB fails (EFBIG), as on a full disk; set in the child before it
+    # execs nlnoise-train (an ignored SIGXFSZ and the limit survive exec).
+    full_disk = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, "
+                 "signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
+                 "os.execv(sys.executable, [sys.executable, '-m', 'nlnoise.main', "
+                 "*sys.argv[1:]])")
+    d = tmp_path / "w"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", full_disk,
+                          "--config=configs/digits.py:runlocal", f"--workdir={d}",
+                          "--config.progress_bar=False", "--config.compilation_cache_dir="],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "free disk space" in lines[0], out.stderr[-2000:]
+    assert f"{d / 'config.json'}: a file-size limit" in lines[0]  # the write that failed
+    leftovers = [p.name for p in d.rglob("*") if ".tmp" in p.name] if d.exists() else []
+    assert leftovers == [] and not (d / ".lock").exists()
 
 
 # ---- bring your own data: real digits written as a folder, an npz and label files ----------

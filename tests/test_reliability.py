@@ -1,7 +1,9 @@
-"""Fault injection: preemption, damaged checkpoints, non-finite values, bad input, full disk.
+"""Fault injection: preemption, damaged checkpoints, non-finite values, bad input, full disk,
+and who owns a workdir (one process; its own config; refusal instead of a silent restart).
 
-Fast versions of the six reliability requirements; ``bench/soak_preemption.py`` is the long
-soak. Runs use the digits config (seconds each).
+Fast versions of the reliability guarantees of docs/reliability.md; ``bench/soak_preemption.py``
+is the long soak. Runs use the digits config (seconds each). The command-line side (one-line
+errors, Ctrl-C) is in tests/test_main.py, the sweep's in tests/test_sweep.py.
 """
 
 import gzip
@@ -18,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from nlnoise import checkpoint, config, data, noise, run, workdir
+from nlnoise import checkpoint, config, data, lock, noise, run, workdir
 from nlnoise.step import NonFiniteError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -154,6 +156,7 @@ BAD_INPUTS = [
     ("q.regularizer", "nuclear", "q.regularizer"),
     ("q.init", "random", "q.init"),
     ("q.freeze_epochs", 99.0, "q.freeze_epochs"),
+    ("q.freeze_epochs", 10.0, "q.freeze_epochs"),  # == num_epochs: Q would never be learned
     ("batch_size", 63, "batch_size"),  # not divisible by the 4 data devices
     ("learning_rate", -0.1, "learning_rate"),
     ("momentum", 1.5, "momentum"),
@@ -245,12 +248,131 @@ def test_disk_full_mid_run_gives_clear_error_and_previous_checkpoint_resumes(tmp
     resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (64, 64))
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, (proc.returncode, err[-1500:])
-    # The last word is ours (orbax and TensorBoard may log their own failures before it).
+    # One line says what failed: no orbax, tensorstore or TensorBoard tracebacks before it
+    # (the other lines are the run's own evaluation log lines).
     ours = [line for line in err.splitlines() if line.startswith("nlnoise-train: error:")]
-    assert ours and ("resume" in ours[-1] or "checkpoint" in ours[-1]), err[-3000:]
-    assert not (d / "summary.json").exists()
+    assert len(ours) == 1 and ("resume" in ours[0] or "checkpoint" in ours[0]), err[-3000:]
+    assert "Traceback" not in err and not [
+        line for line in err.splitlines() if line.strip() and line not in ours
+        and not (line[0] in "IW" and "eval step=" in line)], err[-3000:]
+    assert not (d / "summary.json").exists() and not (d / ".lock").exists()
+    assert not [p for p in d.rglob("*.tmp-*")]  # no temporary file left by a failed write
     intact = checkpoint.CheckpointStore(str(d / "checkpoints")).steps()
     assert intact and intact[0] >= 22
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.load(open(d / "summary.json"))["params_sha256"] == ref["params_sha256"]
+
+
+# 7. Ownership, config identity, refusal instead of a silent restart (issue 17) --------------
+
+def _files(d: pathlib.Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+
+
+def test_checkpoints_of_another_config_are_never_resumed(tmp_path):
+    d = tmp_path / "w"
+    run.train_and_evaluate(_cfg(max_steps=44), str(d))
+    (d / "summary.json").unlink()  # as if killed after its last checkpoint
+    (d / "config.json").unlink()
+    other = _cfg("runlocal,noise=0.3", max_steps=44)
+    before = _files(d)
+    with pytest.raises(workdir.WorkdirError, match=r"checkpoints, metrics.jsonl but no "
+                       r"config.json.*Restore its config.json, or pass --overwrite"):
+        run.train_and_evaluate(other, str(d))
+    assert _files(d) == before
+    # A config.json that names another run than the checkpoints: the checkpoints say whose
+    # they are, and the run is refused before anything is written.
+    workdir.RunDir(str(d)).start(other, run.load_dataset(other).label_fingerprint)
+    before = _files(d)
+    with pytest.raises(checkpoint.ForeignCheckpointError, match="step 44 .*another run "
+                       r"\(its config and training labels fingerprints differ"):
+        run.train_and_evaluate(other, str(d))
+    assert _files(d) == before
+    # --overwrite moves that run aside and starts afresh.
+    out = run.train_and_evaluate(other, str(d), overwrite=True)
+    assert out["steps"] == 44 and out["config"]["corruption"]["level"] == 0.3
+    (archived,) = (d / "archive").iterdir()
+    assert sorted(p.name for p in (archived / "checkpoints").iterdir() if p.name.isdigit()) \
+        == ["22", "44"]
+    assert all(r["q_star_trace"] == _metrics(d)[0]["q_star_trace"] for r in _metrics(d))
+
+
+def test_a_busy_workdir_is_refused_naming_its_process_and_a_killed_one_never_blocks(tmp_path):
+    d = tmp_path / "w"
+    cmd = [sys.executable, "-m", "nlnoise.main", "--config=configs/digits.py:runlocal",
+           f"--workdir={d}", "--config.progress_bar=False", "--config.mesh.data=1",
+           "--config.num_epochs=40", "--config.checkpoint_every_steps=20"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = _cfg(num_epochs=40, checkpoint_every_steps=20)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not [
+                p for p in (d / "checkpoints").glob("*") if p.name.isdigit()]:
+            assert proc.poll() is None
+            time.sleep(0.05)
+        with pytest.raises(lock.WorkdirBusyError, match=rf"in use by pid {proc.pid} on host "
+                           r".*\(since .*--break_lock"):
+            run.train_and_evaluate(cfg, str(d))
+    finally:
+        proc.kill()  # SIGKILL: its lock file stays, its flock dies with it
+        proc.wait()
+    assert (d / lock.LOCK_NAME).exists()
+    done = max(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit())
+    out = run.train_and_evaluate(_cfg(num_epochs=40, checkpoint_every_steps=20,
+                                      max_steps=done + 20), str(d))
+    assert out["steps"] == done + 20 and not (d / lock.LOCK_NAME).exists()
+    # The wall time is the whole run's: the killed start's seconds count too.
+    segments = json.load(open(d / "segments.json"))
+    assert out["segments"] == len(segments) == 2 and segments[0]["to_step"] >= 20
+    assert out["wall_time_s"] == pytest.approx(sum(s["wall_s"] for s in segments))
+    assert out["wall_time_s"] > segments[1]["wall_s"]
+
+
+def test_no_intact_checkpoint_stays_an_error_on_every_retry(tmp_path):
+    d = tmp_path / "w"
+    run.train_and_evaluate(_cfg(max_steps=44), str(d))
+    for step in ("22", "44"):
+        for p in (d / "checkpoints" / step).rglob("*"):
+            if p.is_file() and p.stat().st_size:
+                p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    before = _files(d)
+    for _ in range(2):  # a scheduler's automatic retry of the same command
+        with pytest.raises(checkpoint.NoIntactCheckpointError, match="none of the checkpoints "
+                           r"\[22, 44\].*--overwrite"):
+            run.train_and_evaluate(_cfg(), str(d))
+        assert _files(d) == before
+    out = run.train_and_evaluate(_cfg(max_steps=22), str(d), overwrite=True)
+    assert out["steps"] == 22 and len(_metrics(d)) == 1
+    (archived,) = (d / "archive").iterdir()
+    assert (archived / "checkpoints" / "44").is_dir()
+
+
+def test_a_run_past_the_shorter_length_asked_is_refused_not_misreported(tmp_path, reference):
+    ref_dir, _ = reference
+    d = tmp_path / "w"
+    shutil.copytree(ref_dir, d)
+    before = _files(d)
+    with pytest.raises(workdir.WorkdirError, match=r"at step 220 \(epoch 10\), past the 110 "
+                       r"steps .*num_epochs >= 10"):
+        run.train_and_evaluate(_cfg(num_epochs=5), str(d))
+    assert _files(d) == before  # config.json still says 10 epochs, summary.json 220 steps
+
+
+def test_an_empty_workdir_is_refused_and_nothing_lands_in_the_current_directory(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(workdir.WorkdirError, match="--workdir: empty"):
+        run.train_and_evaluate(_cfg(), "")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_damaged_summary_is_named_and_overwrite_gets_past_it(tmp_path):
+    d = tmp_path / "w"
+    cfg = _cfg(max_steps=22)
+    run.train_and_evaluate(cfg, str(d))
+    (d / "summary.json").write_text('{"final": ')
+    with pytest.raises(workdir.WorkdirError, match="summary.json is damaged.*--overwrite"):
+        run.train_and_evaluate(cfg, str(d))
+    assert run.train_and_evaluate(cfg, str(d), overwrite=True)["steps"] == 22
+    assert json.load(open(d / "summary.json"))["steps"] == 22

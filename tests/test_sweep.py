@@ -81,6 +81,62 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grid=nosie=0.3|0.5"], "cell nosie-0.3 (nosie=0.3): nosie: unknown config key"),
+        (["--grid=noise=0.3|0.5", "--set", "progres_bar=False"],
+         "progres_bar: unknown config key"),
+        (["--grid=noise=0.3|"], "'noise=0.3|' has an empty value"),
+        (["--grid=noise=0.3|1.5"], "cell noise-1.5 (noise=1.5): corruption.level: must be <= 1"),
+        (["--grid=noise=0.3", "--base=runlocal,epochs=0"], "num_epochs: must be >= 1"),
+    ],
+    ids=["unknown-grid-key", "unknown-set-key", "empty-value", "bad-value", "bad-base"],
+)
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_every_cell_is_validated_before_anything_runs(tmp_path, capsys, args, message,
+                                                      dry_run):
+    root = tmp_path / "sw"
+    argv = ["--config=configs/digits.py", f"--root={root}", *args]
+    assert sweep.main([*argv, "--dry_run"] if dry_run else argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not root.exists()  # no cell ran, no table was written
+
+
+def test_a_configs_own_variant_is_kept_and_flags_take_absl_forms(capsys):
+    assert sweep.main(["--config", "configs/digits.py:runlocal", "--grid", "model=none|learned",
+                       "--only", "none", "--set", "plots=False", "--dry_run",
+                       "--root=/nonexistent"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["to do  model-none: model='none'"]
+    args = sweep.parse_flags(["--config=configs/digits.py:runlocal", "--grid=noise=0.5",
+                              "--base=epochs=3"])
+    s = sweep.resolve(args)
+    assert (s["config"], s["base"]) == ("configs/digits.py", "runlocal,epochs=3")
+    cfg = experiments.load_config(s["config"], s["base"])
+    assert cfg.num_epochs == 3 and cfg.q.freeze_epochs == 3.0  # runlocal applied, then epochs
+    for bad, said in ((["--nope"], "Unknown command line flag 'nope'"),
+                      (["--grid=x=1", "stray"], "unexpected arguments ['stray']")):
+        assert sweep.main(bad) == 2
+        assert said in capsys.readouterr().err
+
+
+def test_a_cell_another_process_runs_refuses_the_whole_sweep(tmp_path, capsys):
+    from nlnoise import lock
+
+    root = tmp_path / "sw"
+    busy = lock.WorkdirLock(str(root / "noise-0.5"))
+    busy.acquire()
+    try:
+        argv = ["--config=configs/digits.py:runlocal", "--grid=noise=0.3|0.5", f"--root={root}"]
+        assert sweep.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"cell noise-0.5 ({root / 'noise-0.5'}) is in use by pid {os.getpid()}" in err
+        assert "--only" in err and sorted(p.name for p in root.iterdir()) == ["noise-0.5"]
+    finally:
+        busy.release()
+
+
 def test_real_adhoc_sweep_from_the_command_line(tmp_path):
     root = tmp_path / "sw"
     cmd = [sys.executable, "-m", "nlnoise.sweep", "--config=configs/digits.py",
