@@ -64,14 +64,14 @@ def timed_run(cfg) -> dict[str, Any]:
     """Runs ``train_and_evaluate`` once, with wall time and a breakdown of where it went."""
     import jax
 
-    from nlnoise import checkpoint, eval_loop, run
+    from nlnoise import checkpoint, eval_loop, resolve, run
     from nlnoise import step as step_lib
 
     marks: dict[str, float] = {"eval_s": 0.0, "checkpoint_save_s": 0.0}
     orig_jit, orig_eval, orig_save, orig_load = (step_lib.jit_train_step,
                                                  eval_loop.Evaluator.__call__,
                                                  checkpoint.CheckpointStore.save,
-                                                 run.load_dataset)
+                                                 resolve.load_dataset)
     t_start = time.perf_counter()
 
     def jit_train_step(*a, **k):
@@ -104,14 +104,14 @@ def timed_run(cfg) -> dict[str, Any]:
         return out
 
     step_lib.jit_train_step, eval_loop.Evaluator.__call__ = jit_train_step, evaluate
-    run.load_dataset = load_dataset
+    resolve.load_dataset = load_dataset
     checkpoint.CheckpointStore.save = save
     try:
         with tempfile.TemporaryDirectory() as workdir:
             summary = run.train_and_evaluate(cfg, workdir)
     finally:
         step_lib.jit_train_step, eval_loop.Evaluator.__call__ = orig_jit, orig_eval
-        run.load_dataset = orig_load
+        resolve.load_dataset = orig_load
         checkpoint.CheckpointStore.save = orig_save
     marks["wall_s"] = time.perf_counter() - t_start
     marks["steps"] = int(summary["steps"])

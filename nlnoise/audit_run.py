@@ -8,7 +8,7 @@ from K cross-fitted runs. :mod:`nlnoise.audit_report` turns them into the audit'
 
 Predictions are the clean-label softmax ``softmax(f(x))`` (the noise layer removed), ``[N,
 K_out]``, for the examples of the run's training split (``NoisyDataset.train``, in its order).
-A run is only read: :func:`nlnoise.run.load_for_prediction` creates, moves or writes nothing in
+A run is only read: :func:`nlnoise.restore.load_for_prediction` creates, moves or writes nothing in
 its directory. Q is ``q[j, i] = p(noisy=j | true=i)``, ``[K_noisy, K_true]``, columns sum to 1.
 """
 
@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from nlnoise import config as config_lib
-from nlnoise import data
+from nlnoise import data, resolve, restore
 from nlnoise import run as run_lib
 from nlnoise import workdir as workdir_lib
 
@@ -103,12 +103,12 @@ class _ReadOnlyNotice(logging.Filter):
         return not str(record.getMessage()).startswith("Given directory is read only")
 
 
-def _load(workdir: str, params: str, **kw) -> run_lib.LoadedRun:
-    """:func:`nlnoise.run.load_for_prediction` without orbax's read-only notice."""
+def _load(workdir: str, params: str, **kw) -> restore.LoadedRun:
+    """:func:`nlnoise.restore.load_for_prediction` without orbax's read-only notice."""
     quiet, absl_log = _ReadOnlyNotice(), logging.getLogger("absl")
     absl_log.addFilter(quiet)
     try:
-        return run_lib.load_for_prediction(workdir, params, **kw)
+        return restore.load_for_prediction(workdir, params, **kw)
     finally:
         absl_log.removeFilter(quiet)
 
@@ -123,7 +123,7 @@ def _class_names(ds: data.NoisyDataset, k_out: int) -> list[str]:
     return names + ["outlier"] * (k_out - len(names))
 
 
-def _learned_q(loaded: run_lib.LoadedRun) -> np.ndarray | None:
+def _learned_q(loaded: restore.LoadedRun) -> np.ndarray | None:
     if loaded.cfg.noise.model != "learned":
         return None
     return np.asarray(jax.device_get(loaded.state.q), np.float64)
@@ -201,9 +201,9 @@ def fold_dirs(workdir: str, folds: int) -> list[str]:
 
 def _identity_config(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config as JSON values, without the keys that only change how a run is shown or laid
-    out (``run.RESUMABLE_KEYS``): those do not make another audit."""
+    out (``resolve.RESUMABLE_KEYS``): those do not make another audit."""
     out = json.loads(config_lib.to_json(cfg))
-    for key in run_lib.RESUMABLE_KEYS:
+    for key in resolve.RESUMABLE_KEYS:
         out.pop(key, None)
     return out
 
@@ -265,7 +265,7 @@ def cross_fit(cfg: ml_collections.ConfigDict, folds: int, workdir: str, params: 
     if params not in (None, "best", "final"):
         raise AuditError(f"--params: must be 'best' or 'final', got {params!r}.")
     train_folds(cfg, folds, workdir, progress=progress)
-    ref = run_lib.load_dataset(fold_config(cfg, 0, 0))
+    ref = resolve.load_dataset(fold_config(cfg, 0, 0))
     ref_keys = _keys(ref.train)
     order = np.argsort(ref_keys)
     n, probs, fold, qs, runs = len(ref.train), None, np.full(len(ref.train), -1), [], []
@@ -294,7 +294,7 @@ def cross_fit(cfg: ml_collections.ConfigDict, folds: int, workdir: str, params: 
         raise AuditError(f"{int((fold < 0).sum())} training examples were left out by no fold; "
                          f"the fold runs in {workdir} do not match the config. Use a new "
                          "--workdir.")
-    spec = run_lib.resolve_run(fold_config(cfg, 0, 0), ref)
+    spec = resolve.resolve_run(fold_config(cfg, 0, 0), ref)
     return AuditInput(
         ds=ref, examples=ref.train, pred_probs=probs, q_learned=np.mean(qs, axis=0) if qs
         else None, q_true=spec.q_true, class_names=_class_names(ref, probs.shape[1]), fold=fold,

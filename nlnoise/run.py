@@ -1,20 +1,15 @@
-"""The config-driven experiment behind ``nlnoise-train``: data, mesh, loop, checkpoints, summary.
+"""The config-driven experiment behind ``nlnoise-train``: the loop, its checkpoints and the summary.
 
-:func:`train_and_evaluate` runs (or resumes) a config in a workdir; :func:`load_for_prediction`
-reads a finished or interrupted run back, read-only. The maths lives in :mod:`nlnoise.step`
-(the jitted step), :mod:`nlnoise.q_schedule` (the decay rule for learned Q) and
-:mod:`nlnoise.eval_loop` (the evaluation passes); this module wires them to a config.
-
-It is longer than the library's other modules because everything that turns a config into a
-run (resolving it, the optimizer, the dataset, the loop, reading the run back) is kept in one
-place, so a change to what a config means is made here once, for training and for tools.
+:func:`train_and_evaluate` runs (or resumes) a config in a workdir. What the config means once
+the data is loaded (classes, Q*, the optimizer, the initial state) is :mod:`nlnoise.resolve`;
+the maths is :mod:`nlnoise.step` (the jitted step), :mod:`nlnoise.q_schedule` (the decay rule
+for learned Q) and :mod:`nlnoise.eval_loop` (the evaluation passes); reading a run back is
+:mod:`nlnoise.restore`. This module wires them together in the order that makes a resumed run
+reproduce an uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import logging
 import os
 import time
@@ -26,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from nlnoise import checkpoint, data, eval_loop, models, noise, optim, q_schedule, sharding
+from nlnoise import checkpoint, data, eval_loop, q_schedule, resolve, sharding
 from nlnoise import config as config_lib
 from nlnoise import lock as lock_lib
 from nlnoise import step as step_lib
@@ -38,141 +33,6 @@ log = logging.getLogger("nlnoise")
 # (dispatched, maybe not finished), "eval" before an evaluation, "checkpoint-writing" while a
 # checkpoint is written in the background. For fault injection (bench/soak_preemption.py).
 PhaseCallback = Callable[[str, int], None]
-
-# Keys a resumed run may change without being refused as a different run: how it is shown,
-# the device layout (restoring onto another device count is supported) and its length.
-RESUMABLE_KEYS = ("progress_bar", "tensorboard", "plots", "log_every_steps", "mesh",
-                  "num_epochs", "max_steps", "compilation_cache_dir")
-
-
-@dataclasses.dataclass
-class RunSpec:
-    """What a config resolves to once the data is loaded (shared by training and tools)."""
-
-    num_classes: int  # K, inlier classes
-    num_outputs: int  # K, or K+1 for the outlier model
-    q_true: np.ndarray | None  # the Q* of the combined model's output space, if known
-    q_init: np.ndarray
-    steps_per_epoch: int
-    total_steps: int
-    freeze_steps: int
-    alpha: float | None
-    q_init_step: int  # -1: Q starts as q_init and is never replaced
-    q_stats_from: int
-
-
-def resolve_run(cfg: ml_collections.ConfigDict, ds: data.NoisyDataset) -> RunSpec:
-    """Derives class counts, Q* and the initial Q (``[K_out, K_out]``, ``q[j, i] =
-    p(noisy=j | true=i)``) and the step counts from config + dataset."""
-    k = int(ds.num_classes)
-    has_known = bool(np.any(ds.train_labels == k))
-    outlier = cfg.noise.model == "outlier"
-    num_outputs = k + 1 if (outlier or has_known) else k
-    alpha = None
-    if outlier:
-        alpha = cfg.noise.alpha if cfg.noise.alpha is not None else ds.alpha
-        alpha = float(np.clip(alpha * cfg.noise.alpha_scale, 0.0, 1.0))
-    if outlier:
-        q_true = noise.outlier_eqn9(k, ds.alpha) if ds.alpha is not None else None
-    elif ds.q_true is not None:
-        q_true = np.asarray(ds.q_true)
-        if num_outputs == k + 1:  # known outliers keep their label K
-            q_true = np.pad(q_true, ((0, 1), (0, 1)))
-            q_true[k, k] = 1.0
-    elif cfg.corruption.kind == "identity" or (not cfg.corruption.level
-                                                and cfg.corruption.kind != "given"):
-        # No flips were injected: the noise process is the identity (the level-0 point of a
-        # noise sweep, where `true` and `learned` start from the same Q as `none`).
-        q_true = np.eye(num_outputs)
-    else:
-        q_true = None
-    if cfg.noise.model == "true":
-        if q_true is None:
-            raise config_lib.ConfigError(
-                "noise.model: 'true' needs the Q* that made the noise, and this dataset's "
-                "is not known; use noise.model='learned' or 'none'.")
-        q_init = q_true
-    elif outlier:
-        q_init = noise.outlier_eqn9(k, alpha)
-    else:
-        q_init = np.eye(num_outputs)
-    spe = data.steps_per_epoch(ds, cfg.batch_size)
-    if spe < 1:
-        raise config_lib.ConfigError(
-            f"batch_size: {cfg.batch_size} exceeds the {len(ds.train)} training examples.")
-    total = spe * cfg.num_epochs
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    freeze = round(cfg.q.freeze_epochs * spe)
-    confusion = cfg.noise.model == "learned" and cfg.q.init == "confusion"
-    return RunSpec(
-        num_classes=k, num_outputs=num_outputs, q_true=q_true,
-        q_init=noise.validate_transition(q_init, num_outputs, name="noise (initial Q)"),
-        steps_per_epoch=spe, total_steps=total,
-        freeze_steps=freeze, alpha=alpha,
-        q_init_step=freeze if confusion else -1,
-        q_stats_from=max(0, freeze - round(cfg.q.stats_epochs * spe)),
-    )
-
-
-def build_optimizer(cfg: ml_collections.ConfigDict, spec: RunSpec) -> optax.GradientTransformation:
-    """The paper's recipe: SGD+momentum with per-layer decay for the net; Q's own chain."""
-    lr = optim.schedule_from_epochs(cfg.learning_rate, spec.steps_per_epoch,
-                                    tuple(cfg.lr_boundaries_epochs), cfg.lr_decay_factor)
-    net_tx = optim.net_optimizer(lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                 layer_weight_decay=dict(cfg.layer_weight_decay),
-                                 bias_lr_scale=cfg.bias_lr_scale)
-    q_tx = None
-    if cfg.noise.model == "learned":
-        q_lr = cfg.q.learning_rate if cfg.q.learning_rate is not None else lr
-        q_tx = optim.q_optimizer(q_lr, weight_decay=cfg.q.weight_decay,
-                                 freeze_steps=spec.freeze_steps,
-                                 momentum=cfg.q.momentum or None,
-                                 regularizer=cfg.q.regularizer,
-                                 grad_clip=cfg.q.grad_clip)
-    return optim.train_state_optimizer(net_tx, q_tx)
-
-
-def load_dataset(cfg: ml_collections.ConfigDict) -> data.NoisyDataset:
-    """Loads the dataset with the config's label corruption (``corruption.*``).
-
-    ``corruption.seed`` and ``dataset.subset_seed`` left at None follow ``seed``, so varying
-    ``seed`` alone varies the flips, the subsets and the network together.
-    """
-    c = cfg.corruption
-    kwargs: dict[str, Any] = {}
-    if c.kind == "sparse_random":
-        kwargs["m"] = c.m
-    if c.kind == "block":
-        kwargs["groups"] = tuple(tuple(g) for g in c.groups)
-    if c.kind == "adversarial":
-        kwargs["confusion"] = _load_confusion(c.confusion_path)
-    if c.kind == "custom":
-        kwargs["q"] = c.matrix_path
-    dataset_cfg = cfg.dataset.to_dict()
-    if dataset_cfg.get("subset_seed") is None:
-        dataset_cfg["subset_seed"] = cfg.seed
-    return data.load(dataset_cfg, noise_kind=c.kind, noise_level=c.level,
-                     noise_seed=cfg.seed if c.seed is None else c.seed, noise_kwargs=kwargs)
-
-
-def _load_confusion(path: str) -> np.ndarray:
-    if not path or not os.path.exists(path):
-        raise config_lib.ConfigError(
-            f"corruption.confusion_path: no file at {path!r}. Train a clean model and save its "
-            "confusion matrix (confusion[pred, true], .npy or .json) there, or point at that "
-            "run's summary.json.")
-    if path.endswith(".json"):
-        with open(path) as f:
-            obj = json.load(f)
-        if isinstance(obj, dict):  # a finished run's summary.json
-            if obj.get("test_confusion") is None:
-                raise config_lib.ConfigError(
-                    f"corruption.confusion_path: {path} has no 'test_confusion' (a summary.json of "
-                    "a finished run has it); give a run's summary.json or a [K, K] matrix.")
-            obj = obj["test_confusion"]
-        return np.asarray(obj, dtype=np.float64)
-    return np.load(path, allow_pickle=False)
 
 
 def best_record(records: list[dict[str, Any]], key: str = "val_noisy_loss"
@@ -220,24 +80,7 @@ def _prepare_devices(cfg: ml_collections.ConfigDict) -> None:
     enable_compilation_cache(cfg.compilation_cache_dir)
 
 
-def _state_init(cfg: ml_collections.ConfigDict, ds: data.NoisyDataset, spec: RunSpec
-                ) -> Callable[[], step_lib.TrainState]:
-    """The function that creates the run's initial state (for ``jit``/``eval_shape``)."""
-    model = models.get_model(cfg.model.name, spec.num_outputs, **dict(cfg.model.kwargs))
-    return functools.partial(
-        step_lib.create_train_state, model, build_optimizer(cfg, spec),
-        input_shape=tuple(ds.image_shape), q_init=spec.q_init, noise_model=cfg.noise.model,
-        num_classes=spec.num_classes, seed=cfg.seed, q_init_step=spec.q_init_step,
-        q_stats_from=spec.q_stats_from)
-
-
-def _checkpoint_tree(state: step_lib.TrainState) -> dict[str, Any]:
-    """What a checkpoint holds: the state's items and the logging window's sums (``acc``), so
-    a resumed run logs the same window means."""
-    return {"state": state.checkpoint_items(), "acc": state.window}
-
-
-def _lower_decay_if_due(state, records, record, spec: RunSpec, eval_every: int,
+def _lower_decay_if_due(state, records, record, spec: resolve.RunSpec, eval_every: int,
                         rule: q_schedule.DecayRule, set_scale) -> tuple[Any, float]:
     """Applies the decay rule after an evaluation past the freeze; returns (state, scale)."""
     scale = float(jax.device_get(optax.tree.get(state.opt_state, "q_decay_scale")))
@@ -277,7 +120,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, overwrit
         owner.release()
 
 
-def _resume_point(cfg, run_dir: workdir_lib.RunDir, spec: RunSpec, identity: dict[str, str],
+def _resume_point(cfg, run_dir: workdir_lib.RunDir, spec: resolve.RunSpec, identity: dict[str, str],
                   restore: Callable[[checkpoint.CheckpointStore], Any], *, overwrite: bool
                   ) -> tuple[checkpoint.CheckpointStore, Any, int]:
     """Opens the checkpoint store and restores from it: ``(store, items or None, step)``.
@@ -325,14 +168,14 @@ def _train_owned(cfg: ml_collections.ConfigDict, run_dir: workdir_lib.RunDir, wa
     and window resets decides what a resumed run reproduces bit for bit, so it reads top to
     bottom in one place; the steps it calls are helpers.
     """
-    finished = run_dir.check_config(cfg, RESUMABLE_KEYS, overwrite=overwrite)
+    finished = run_dir.check_config(cfg, resolve.RESUMABLE_KEYS, overwrite=overwrite)
     if finished is not None:
         log.info("run in %s already finished; returning its summary.", run_dir.path)
         return finished
-    ds = load_dataset(cfg)
-    spec = resolve_run(cfg, ds)
+    ds = resolve.load_dataset(cfg)
+    spec = resolve.resolve_run(cfg, ds)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
-    init = _state_init(cfg, ds, spec)
+    init = resolve.state_init(cfg, ds, spec)
     state_sh = sharding.state_shardings(mesh, jax.eval_shape(init))
     train_fn = step_lib.jit_train_step(mesh, state_sh)
     # Made by jit, not device_put: device_put of host scalars onto a multi-process mesh gives
@@ -349,9 +192,10 @@ def _train_owned(cfg: ml_collections.ConfigDict, run_dir: workdir_lib.RunDir, wa
                              process_count=jax.process_count())
 
     state = jax.jit(init, out_shardings=state_sh)()
-    target = checkpoint.abstract_like(_checkpoint_tree(state), _checkpoint_tree(state_sh))
+    target = checkpoint.abstract_like(resolve.checkpoint_tree(state),
+                                      resolve.checkpoint_tree(state_sh))
     store, items, start = _resume_point(
-        cfg, run_dir, spec, run_dir.identity(cfg, RESUMABLE_KEYS, ds.label_fingerprint),
+        cfg, run_dir, spec, run_dir.identity(cfg, resolve.RESUMABLE_KEYS, ds.label_fingerprint),
         lambda st: st.restore(target, it), overwrite=overwrite)
     if items is not None:
         state = state.replace(**items["state"], window=items["acc"])
@@ -408,7 +252,7 @@ def _train_owned(cfg: ml_collections.ConfigDict, run_dir: workdir_lib.RunDir, wa
                 reporter.log_eval(record, pr)
                 state = state.replace(window=zero_window())
             if at_ckpt:
-                store.save(step, _checkpoint_tree(state), it)
+                store.save(step, resolve.checkpoint_tree(state), it)
                 phase("checkpoint-writing", step)
             if at_eval or at_ckpt:
                 run_dir.update_segment(step, time.time() - wall_start)
@@ -439,7 +283,7 @@ def _train_owned(cfg: ml_collections.ConfigDict, run_dir: workdir_lib.RunDir, wa
     return summary
 
 
-def _summary(cfg, ds, spec: RunSpec, state, records, last_confusion, *, wall_s: float,
+def _summary(cfg, ds, spec: resolve.RunSpec, state, records, last_confusion, *, wall_s: float,
              segments: int, images_per_s: float | None, best_params_dir: str | None
              ) -> dict[str, Any]:
     """``summary.json``: the final and the selected evaluations, Q, speed and the config."""
@@ -472,78 +316,3 @@ def _summary(cfg, ds, spec: RunSpec, state, records, last_confusion, *, wall_s: 
         "test_confusion": None if last_confusion is None else last_confusion.tolist(),
         "config": cfg.to_dict(),
     }
-
-
-@dataclasses.dataclass
-class LoadedRun:
-    """A run read back for prediction. ``state`` holds the restored parameters, so
-    ``nlnoise.step.predict(state, images)`` gives clean-label logits ``[B, K_out]`` and
-    ``state.q`` is Q (``[K_noisy, K_true]``, columns sum to 1); ``step`` is the training step
-    the parameters are from and ``source`` the directory they were read from."""
-
-    cfg: ml_collections.ConfigDict
-    spec: RunSpec
-    ds: data.NoisyDataset
-    state: step_lib.TrainState
-    step: int
-    source: str
-
-
-def load_for_prediction(workdir: str, params: str = "best", *,
-                        ds: data.NoisyDataset | None = None) -> LoadedRun:
-    """Loads a finished or interrupted run's parameters without changing its workdir.
-
-    ``params="best"``: the parameters at the lowest held-out noisy loss (``<workdir>/best``,
-    runs with ``dataset.val_size``); ``"final"``: the newest intact checkpoint (a damaged newer
-    one is skipped where it lies). Nothing under ``workdir`` is created, moved, renamed or
-    written. ``ds``: the run's dataset if already loaded (else it is loaded from the run's
-    config). The arrays land on the first local device, unsharded. Raises
-    :class:`~nlnoise.workdir.WorkdirError` when ``workdir`` holds no run or the data changed,
-    and :class:`~nlnoise.checkpoint.CheckpointError` when there is nothing intact to read.
-    """
-    if params not in ("best", "final"):
-        raise ValueError(f"params: must be 'best' or 'final', got {params!r}.")
-    run_dir = workdir_lib.RunDir(workdir)
-    if not os.path.exists(run_dir.config_path):
-        raise workdir_lib.WorkdirError(f"no run in {run_dir.path}: config.json is missing; "
-                                       "give the --workdir of an nlnoise-train run.")
-    with open(run_dir.config_path) as f:
-        saved = json.load(f)
-    cfg = ml_collections.ConfigDict(saved["config"])
-    ds = load_dataset(cfg) if ds is None else ds
-    if saved.get("dataset_fingerprint") not in (None, ds.label_fingerprint):
-        raise workdir_lib.WorkdirError(
-            f"the training labels differ from those of the run in {run_dir.path}: the data "
-            "files changed. Load it with the data it was trained on.")
-    spec = resolve_run(cfg, ds)
-    # Refuses a checkpoint that another run left here (see checkpoint.CheckpointStore).
-    identity = {"config_fingerprint": workdir_lib.config_fingerprint(saved["config"],
-                                                                     RESUMABLE_KEYS),
-                "dataset_fingerprint": ds.label_fingerprint}
-    init = _state_init(cfg, ds, spec)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    state = jax.jit(init, out_shardings=device)()
-    if params == "best":
-        best = checkpoint.BestParams(run_dir.best, read_only=True)
-        target = checkpoint.abstract_like(state.params, jax.tree.map(lambda _: device,
-                                                                     state.params))
-        found = best.restore(target)
-        best.close()
-        if found is None:
-            raise checkpoint.CheckpointError(f"no best parameters saved under {run_dir.best} "
-                                             "yet; use params='final'.")
-        restored, step = found
-        state, source = state.replace(params=restored), run_dir.best
-    else:
-        store = checkpoint.CheckpointStore(run_dir.checkpoints, read_only=True,
-                                           identity=identity)
-        tree = _checkpoint_tree(state)
-        found = store.restore(checkpoint.abstract_like(tree, jax.tree.map(lambda _: device,
-                                                                          tree)))
-        store.close()
-        if found is None:
-            raise checkpoint.CheckpointError(f"no checkpoint under {run_dir.checkpoints} yet.")
-        items, step = found
-        state = state.replace(**items["state"], window=items["acc"])
-        source = os.path.join(run_dir.checkpoints, str(step))
-    return LoadedRun(cfg=cfg, spec=spec, ds=ds, state=state, step=int(step), source=source)

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from nlnoise import audit, audit_run, run
+from nlnoise import audit, audit_run, resolve, restore, run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -69,7 +69,7 @@ def test_in_sample_audit_of_a_learned_run_writes_every_output(learned_run, learn
     out, done = learned_audit
     assert {p.name for p in out.iterdir()} == OUTPUTS | {"q_estimate.npy"}
     meta = json.loads((out / "audit.json").read_text())
-    ds = run.load_for_prediction(str(d), "best").ds
+    ds = restore.load_for_prediction(str(d), "best").ds
     n = len(ds.train)
     assert n == 1437 - 200 and meta["num_examples"] == n
     assert meta["identity"] == {"mode": "in-sample", "run": str(d), "params": "best"}
@@ -85,7 +85,7 @@ def test_in_sample_audit_of_a_learned_run_writes_every_output(learned_run, learn
         assert int(r["source_row"]) == ds.train.rows[i]
         assert int(r["given_label"]) == ds.train.labels[i]
     # The learned Q of the best parameters; Q* beside it (synthetic flips).
-    best = run.load_for_prediction(str(d), "best", ds=ds)
+    best = restore.load_for_prediction(str(d), "best", ds=ds)
     np.testing.assert_allclose(np.load(out / "q.npy"), np.asarray(best.state.q), atol=1e-7)
     assert np.load(out / "q_estimate.npy").shape == (10, 10)
     with np.load(out / "predictions.npz") as z:
@@ -176,25 +176,25 @@ def test_cross_fitted_audit_trains_resumes_and_predicts_each_example_once(tmp_pa
     meta = json.loads((out / "audit.json").read_text())
     assert meta["identity"]["mode"] == "cross-fit" and meta["identity"]["folds"] == 2
     cfg = _cfg("runlocal,epochs=3,freeze=1", **{"dataset.val_size": 150})
-    ref = run.load_dataset(audit_run.fold_config(cfg, 0, 0))
+    ref = resolve.load_dataset(audit_run.fold_config(cfg, 0, 0))
     with np.load(out / "predictions.npz") as z:
         fold, probs = z["fold"], z["pred_probs"]
         np.testing.assert_array_equal(z["source_row"], ref.train.rows)
     assert probs.shape == (len(ref.train), 10) and set(np.unique(fold)) == {0, 1}
     for i, f in enumerate(folds):
-        fds = run.load_dataset(audit_run.fold_config(cfg, 2, i))
+        fds = resolve.load_dataset(audit_run.fold_config(cfg, 2, i))
         mine = ref.train.rows[fold == i]
         # Predicted by the model that left them out, which trained on none of them.
         assert np.isin(mine, fds.fold_out.rows).all() and not np.isin(mine, fds.train.rows).any()
         which = "best" if (f / "best").is_dir() else "final"
-        loaded = run.load_for_prediction(str(f), which, ds=fds)
+        loaded = restore.load_for_prediction(str(f), which, ds=fds)
         own = audit_run.predict_probs(loaded.state.params, loaded.state.apply_fn, fds.fold_out,
                                       loaded.cfg.dataset, fds, progress=False)
         pos = np.searchsorted(fds.fold_out.rows, mine)
         np.testing.assert_allclose(probs[fold == i], own[pos], atol=1e-6)
     # The Q written is the mean of the folds' learned Qs.
     assert all(m["params"] == "best" for m in meta["runs"])
-    qs = [np.asarray(run.load_for_prediction(str(f), "best").state.q) for f in folds]
+    qs = [np.asarray(restore.load_for_prediction(str(f), "best").state.q) for f in folds]
     np.testing.assert_allclose(np.load(out / "q.npy"), np.mean(qs, axis=0), atol=1e-6)
     assert len(_rows(out)) == len(ref.train) and "fold" in _rows(out)[0]
 
@@ -202,7 +202,7 @@ def test_cross_fitted_audit_trains_resumes_and_predicts_each_example_once(tmp_pa
 def test_label_files_round_trip_into_a_training_run(learned_run, learned_audit, tmp_path):
     d, _ = learned_run
     out, _ = learned_audit
-    first = run.load_for_prediction(str(d), "best").ds
+    first = restore.load_for_prediction(str(d), "best").ds
     rows = _rows(out)
     flagged = np.array(sorted(int(r["index"]) for r in rows if r["is_flagged"] == "1"))
     suggested = {int(r["index"]): int(r["suggested_label"]) for r in rows}
@@ -211,7 +211,7 @@ def test_label_files_round_trip_into_a_training_run(learned_run, learned_audit, 
         cfg = _cfg(LEARNED[0], **LEARNED[1], **{
             "dataset.train_labels_path": str(out / f"{name}_labels.npy"),
             "corruption.kind": "given", "dataset.clean_labels": "source"})
-        second[name] = ds = run.load_dataset(cfg)
+        second[name] = ds = resolve.load_dataset(cfg)
         # The held-out split is the same examples with the same noisy labels.
         np.testing.assert_array_equal(ds.val.rows, first.val.rows)
         np.testing.assert_array_equal(ds.val.labels, first.val.labels)

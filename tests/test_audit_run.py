@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from nlnoise import audit_run, run, workdir
+from nlnoise import audit_run, restore, run, workdir
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from test_run import _cfg, _listing
@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory):
 
 def test_predictions_are_the_evaluated_softmax_in_split_order(tiny_run):
     d, summary = tiny_run
-    loaded = run.load_for_prediction(str(d), "final")
+    loaded = restore.load_for_prediction(str(d), "final")
     ds, state = loaded.ds, loaded.state
     probs = audit_run.predict_probs(state.params, state.apply_fn, ds.test, loaded.cfg.dataset,
                                     ds, progress=False)

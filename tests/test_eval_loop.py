@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from nlnoise import eval_loop, models, optim, run, sharding
+from nlnoise import eval_loop, models, optim, resolve, sharding
 from nlnoise import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -25,8 +25,8 @@ def digits():
     for key, value in {"inlier_classes": (0, 1, 2, 3, 4), "num_outliers": 200,
                        "num_known_outliers": 100, "val_size": 300}.items():
         cfg.dataset[key] = value
-    ds = run.load_dataset(cfg)
-    spec = run.resolve_run(cfg, ds)
+    ds = resolve.load_dataset(cfg)
+    spec = resolve.resolve_run(cfg, ds)
     return cfg, ds, spec
 
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from nlnoise import checkpoint, config, data, lock, noise, run, workdir
+from nlnoise import checkpoint, config, data, lock, noise, resolve, run, workdir
 from nlnoise.step import NonFiniteError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -283,7 +283,7 @@ def test_checkpoints_of_another_config_are_never_resumed(tmp_path):
     assert _files(d) == before
     # A config.json that names another run than the checkpoints: the checkpoints say whose
     # they are, and the run is refused before anything is written.
-    workdir.RunDir(str(d)).start(other, run.load_dataset(other).label_fingerprint)
+    workdir.RunDir(str(d)).start(other, resolve.load_dataset(other).label_fingerprint)
     before = _files(d)
     with pytest.raises(checkpoint.ForeignCheckpointError, match="step 44 .*another run "
                        r"\(its config and training labels fingerprints differ"):

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from nlnoise import checkpoint, noise, q_schedule, run, workdir
+from nlnoise import checkpoint, noise, q_schedule, resolve, restore, run, workdir
 from nlnoise import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -237,7 +237,7 @@ def test_held_out_noisy_split_selects_an_epoch_without_clean_labels(val_run):
     # The selected model is kept.
     assert checkpoint.BestParams(summary["best_params_dir"]).restore()[1] == summary["best"]["step"]
     # The held-out examples are not trained on: the training split minus 300, in batches of 64.
-    n_train = len(run.load_dataset(_cfg()).train)
+    n_train = len(resolve.load_dataset(_cfg()).train)
     assert summary["steps"] == 4 * ((n_train - 300) // 64) < 4 * (n_train // 64)
 
 
@@ -310,12 +310,12 @@ def pinned_run(tmp_path_factory):
 def test_load_for_prediction_gives_the_trained_parameters_and_changes_nothing(pinned_run):
     d, summary = pinned_run
     before = _listing(d)
-    final = run.load_for_prediction(str(d), "final")
+    final = restore.load_for_prediction(str(d), "final")
     assert final.step == summary["steps"] and final.source == str(d / "checkpoints" /
                                                                   str(summary["steps"]))
     assert step_lib.params_digest(step_lib.host_params(final.state)) == summary["params_sha256"]
     np.testing.assert_array_equal(np.asarray(final.state.q, np.float64), summary["q"])
-    best = run.load_for_prediction(str(d), "best", ds=final.ds)
+    best = restore.load_for_prediction(str(d), "best", ds=final.ds)
     assert best.step == summary["best"]["step"] < summary["steps"] and best.ds is final.ds
     # Their predictions are those the run logged for the trained state at those steps.
     for loaded, record in ((final, summary["final"]), (best, summary["best"])):
@@ -341,7 +341,7 @@ def test_load_for_prediction_skips_a_damaged_newest_checkpoint_read_only(pinned_
             p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     before = _listing(d)
     with caplog.at_level("WARNING", logger="nlnoise"):
-        loaded = run.load_for_prediction(str(d), "final")
+        loaded = restore.load_for_prediction(str(d), "final")
     assert loaded.step == steps[-2]
     assert f"step {steps[-1]} is damaged" in caplog.text and "left in place" in caplog.text
     assert _listing(d) == before
@@ -353,16 +353,16 @@ def test_load_for_prediction_skips_a_damaged_newest_checkpoint_read_only(pinned_
                 p.write_bytes(b"garbage")
     before = _listing(d)
     with pytest.raises(checkpoint.CheckpointError, match="could be read.*Resume the run"):
-        run.load_for_prediction(str(d), "final", ds=loaded.ds)
+        restore.load_for_prediction(str(d), "final", ds=loaded.ds)
     assert _listing(d) == before
 
 
 def test_load_for_prediction_refuses_what_is_not_there(finished_run, tmp_path):
     d, _ = finished_run
     with pytest.raises(checkpoint.CheckpointError, match="no best parameters"):
-        run.load_for_prediction(d, "best")  # this run has no held-out split
+        restore.load_for_prediction(d, "best")  # this run has no held-out split
     with pytest.raises(workdir.WorkdirError, match="config.json is missing"):
-        run.load_for_prediction(str(tmp_path), "final")
+        restore.load_for_prediction(str(tmp_path), "final")
     with pytest.raises(ValueError, match="params: must be 'best' or 'final'"):
-        run.load_for_prediction(d, "latest")
+        restore.load_for_prediction(d, "latest")
     assert not any(tmp_path.iterdir())
