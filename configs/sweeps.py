@@ -54,6 +54,17 @@ def _clean_then_adversarial(seed: int, level: float) -> list[tuple[str, str]]:
          f"corruption.confusion_path='{confusion}'") for m in MODELS]
 
 
+def _second_stage(seed: int, level: float, labels: str) -> tuple[str, str]:
+    """A plain model trained on the labels an audit of fashion_memorise's learned cell wrote:
+    ``relabelled`` (flagged labels replaced by the suggested ones) or ``pruned`` (left out).
+    The audit reads the learned run's early-stopped parameters; no clean label is used."""
+    cell = f"seed-{seed}__noise-{level}__model-learned"
+    path = "{root}/../fashion_memorise_audit/" + cell + f"/{labels}_labels.npy"
+    return (f"seed={seed},noise={level},stage2={labels},model=none",
+            f"seed={seed},noise={level},model='none',kind='given',"
+            f"dataset.train_labels_path='{path}',dataset.clean_labels='source'")
+
+
 def get_sweeps() -> dict[str, dict]:
     """``{name: {"config", "dir", "base", "grid", "x", "doc"}}``; ``x`` is the plotted key."""
     return {
@@ -78,6 +89,19 @@ def get_sweeps() -> dict[str, dict]:
                        for s in SEEDS for m in MODELS],
             "doc": "Table 1: adversarial flips at 40% (from a clean model's confusion) and "
                    "sparse flips at 50% over m=3 classes, memorising schedule, 3 seeds.",
+        },
+        "fashion_beyond": {
+            "config": FASHION, "dir": "fashion_beyond", "base": FASHION_MEMORISE,
+            "x": "noise_level",
+            "grid": [_second_stage(s, n, labels) for n in (0.5, 0.7) for s in SEEDS
+                     for labels in ("relabelled", "pruned")]
+                    + [(f"seed={s},noise={n},model=learned,q_init=confusion",
+                        f"seed={s},noise={n},model='learned',q.init='confusion'")
+                       for n in (0.5, 0.7) for s in SEEDS],
+            "doc": "Beyond the paper, without clean labels: a second stage on the labels the "
+                   "audit of fashion_memorise's learned runs relabelled or pruned "
+                   "(launch/second_stage.sh), and learned Q started from the network's "
+                   "confusion at the end of the freeze.",
         },
         "heldout_fashion": {
             "config": FASHION, "dir": "heldout_fashion", "base": FASHION_MEMORISE,
