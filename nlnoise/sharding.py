@@ -11,6 +11,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA, MODEL = "data", "model"
+# The key of Q in the parameters ``{"net": ..., "q": ...}``; under it in the optimizer state
+# are Q's own moments and thresholds.
+Q_KEY = "q"
 # Dense kernels with at least this many elements are sharded over the model axis.
 MIN_SHARDED_KERNEL = 1 << 20
 # Q with at least this many classes is stored with its columns padded to a multiple of
@@ -136,15 +140,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def path_names(path: Sequence[Any]) -> list[str | None]:
+    """The names along a pytree key path (dict keys, attribute names; None for list indices)."""
+    return [getattr(k, "key", getattr(k, "name", None)) for k in path]
+
+
 def _param_spec(path, leaf, model_size: int) -> P:
     if model_size == 1 or not hasattr(leaf, "shape"):
         return P()
-    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
     shape = leaf.shape
-    if names and names[-1] == "q" and len(shape) == 2:
-        # Q by columns (true classes): projection is per column, so it stays local. Large Q
-        # is stored padded (q_storage_columns) so that this divides.
-        return P(None, MODEL) if shape[1] % model_size == 0 else P()
+    if Q_KEY in path_names(path) and shape and shape[-1] % model_size == 0:
+        # Q and its optimizer state (momentum [K, K], thresholds [K]) by columns (true
+        # classes): the projection is per column, so it stays local. Large Q is stored padded
+        # (q_storage_columns) so that this divides.
+        return P(*([None] * (len(shape) - 1)), MODEL)
     if len(shape) == 2 and math.prod(shape) >= MIN_SHARDED_KERNEL and shape[1] % model_size == 0:
         return P(None, MODEL)
     return P()
@@ -153,8 +162,10 @@ def _param_spec(path, leaf, model_size: int) -> P:
 def state_shardings(mesh: Mesh, abstract_state):
     """NamedShardings for every leaf of a train state (or any pytree of params / opt state).
 
-    Optimizer moments follow their parameter's spec because they share its path suffix and
-    shape; scalars and small arrays are replicated.
+    Q ``[K, K_stored]`` and every array of its optimizer state (any leaf under a ``"q"`` key)
+    are split by their last axis (Q's columns) when the ``model`` axis divides it; dense
+    kernels of at least ``MIN_SHARDED_KERNEL`` elements by their output features, and so are
+    their momenta (same shape). Everything else, scalars included, is replicated.
     """
     model_size = mesh.shape[MODEL]
     return jax.tree_util.tree_map_with_path(
