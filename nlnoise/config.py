@@ -63,7 +63,6 @@ from nlnoise import noise
 from nlnoise.q_schedule import DECAY_RULES as Q_DECAY_RULES
 
 
-
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
