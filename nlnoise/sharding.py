@@ -1,8 +1,9 @@
 """Device mesh and shardings: a ``data`` axis for the batch and an optional ``model`` axis.
 
 The ``model`` axis shards what is large along the class or hidden dimension: Q by columns (the
-true-class axis, so the per-column simplex projection needs no communication) and the big dense
-kernels (AlexNet's fc6/fc7/fc8) by their output features. Everything else is replicated.
+true-class axis, so the per-column simplex projection needs no communication), with its
+optimizer state and ``q_stats``, and the big dense kernels (AlexNet's fc6/fc7/fc8) and their
+momenta by output features. Everything else is replicated. docs/architecture.md has the rules.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA, MODEL = "data", "model"
-# The key of Q in the parameters ``{"net": ..., "q": ...}``; under it in the optimizer state
-# are Q's own moments and thresholds.
-Q_KEY = "q"
+# Keys whose arrays are split by Q's columns: Q in the parameters ``{"net": ..., "q": ...}``
+# (and, under the same key in the optimizer state, its moments and thresholds), and the train
+# state's ``q_stats``, which has Q's shape.
+Q_KEYS = ("q", "q_stats")
 # Dense kernels with at least this many elements are sharded over the model axis.
 MIN_SHARDED_KERNEL = 1 << 20
 # Q with at least this many classes is stored with its columns padded to a multiple of
@@ -149,7 +151,7 @@ def _param_spec(path, leaf, model_size: int) -> P:
     if model_size == 1 or not hasattr(leaf, "shape"):
         return P()
     shape = leaf.shape
-    if Q_KEY in path_names(path) and shape and shape[-1] % model_size == 0:
+    if any(k in Q_KEYS for k in path_names(path)) and shape and shape[-1] % model_size == 0:
         # Q and its optimizer state (momentum [K, K], thresholds [K]) by columns (true
         # classes): the projection is per column, so it stays local. Large Q is stored padded
         # (q_storage_columns) so that this divides.
@@ -162,10 +164,10 @@ def _param_spec(path, leaf, model_size: int) -> P:
 def state_shardings(mesh: Mesh, abstract_state):
     """NamedShardings for every leaf of a train state (or any pytree of params / opt state).
 
-    Q ``[K, K_stored]`` and every array of its optimizer state (any leaf under a ``"q"`` key)
-    are split by their last axis (Q's columns) when the ``model`` axis divides it; dense
-    kernels of at least ``MIN_SHARDED_KERNEL`` elements by their output features, and so are
-    their momenta (same shape). Everything else, scalars included, is replicated.
+    Q ``[K, K_stored]``, every array of its optimizer state (any leaf under a ``"q"`` key) and
+    ``q_stats`` are split by their last axis (Q's columns) when the ``model`` axis divides it;
+    dense kernels of at least ``MIN_SHARDED_KERNEL`` elements by their output features, and so
+    are their momenta (same shape). Everything else, scalars included, is replicated.
     """
     model_size = mesh.shape[MODEL]
     return jax.tree_util.tree_map_with_path(
