@@ -230,10 +230,10 @@ FAST_MASS = 8.0
 
 
 def _mass_fix(v: jax.Array, th: Thresholds) -> tuple[jax.Array, jax.Array]:
-    # Per column: 1 / the mass left above tau (0 if none) and how many entries tie at the max.
+    # Per column: 1 / the mass left above tau (0 if none), 1 / the entries tied at the max.
     total = jnp.sum(jnp.maximum(v - th.tau, 0), axis=0)
     inv = jnp.where(total > 0, 1 / jnp.where(total > 0, total, 1), 0)
-    return inv, jnp.sum(v == th.col_max, axis=0).astype(v.dtype)
+    return inv, 1 / jnp.sum(v == th.col_max, axis=0).astype(v.dtype)
 
 
 def apply_thresholds(v: jax.Array, th: Thresholds, *, rescale: bool | None = True) -> jax.Array:
@@ -250,12 +250,12 @@ def apply_thresholds(v: jax.Array, th: Thresholds, *, rescale: bool | None = Tru
     if rescale is None:
         fast = jnp.all((th.tau < th.col_max) & (jnp.abs(th.s) <= FAST_MASS))
         ones = (jnp.ones((c,), v.dtype), jnp.ones((c,), v.dtype))
-        inv, n_max = jax.lax.cond(fast, lambda vv, t: ones, _mass_fix, v, th)
+        inv, inv_ties = jax.lax.cond(fast, lambda vv, t: ones, _mass_fix, v, th)
     elif rescale:
-        inv, n_max = _mass_fix(v, th)
+        inv, inv_ties = _mass_fix(v, th)
     else:
         return jnp.maximum(v - th.tau, 0)
-    return jnp.where(inv > 0, jnp.maximum(v - th.tau, 0) * inv, (v == th.col_max) / n_max)
+    return jnp.where(inv > 0, jnp.maximum(v - th.tau, 0) * inv, (v == th.col_max) * inv_ties)
 
 
 def project_columns(q: jax.Array, method: str = "auto") -> jax.Array:

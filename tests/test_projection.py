@@ -89,7 +89,7 @@ def test_newton_projection_float32_is_feasible_and_close(k):
     rng = np.random.default_rng(0)
     near = np.eye(k, 32) * 0.5 + 0.5 / k + 1e-3 * rng.normal(size=(k, 32))
     q = jnp.asarray(np.concatenate([_hard_columns(k, rng), near], axis=1), jnp.float32)
-    got = np.asarray(projection.project_columns(q, "newton"))
+    got = np.asarray(jax.jit(lambda x: projection.project_columns(x, "newton"))(q))
     assert got.dtype == np.float32
     assert (got >= 0).all()
     # float64 accumulation: numpy sums a float32 column sequentially (1e-5 off at K=1000).
