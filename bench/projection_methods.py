@@ -1,11 +1,11 @@
 """Benchmark (not a test): item 6 -- column simplex projection, optax's sort vs sort-free Newton.
 
-For each K, ``nlnoise.optim.project_columns`` on a ``[K, K]`` float32 Q with ``method="sort"``
+For each K, ``nlnoise.projection.project_columns`` on a ``[K, K]`` float32 Q with ``method="sort"``
 (optax ``projection_simplex``, vmapped over columns) and ``method="newton"`` (Michelot/Newton
 threshold search, no sort), jitted, timed in alternation (median of ``--repeats`` after a
 warm-up), with the largest difference between the two. ``--big`` also times the Newton method
 alone at K = 10000 and 21841 (the sort takes ~25 s and ~4 min there; see ``scaling_k.py``).
-Picks ``nlnoise.optim.NEWTON_MIN_K``.
+Picks ``nlnoise.projection.NEWTON_MIN_K``.
 
     .venv/bin/python bench/projection_methods.py [--ks 10 32 64 100 1000] [--big]
 """
@@ -49,10 +49,10 @@ def compare(k: int, repeats: int) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from nlnoise import optim
+    from nlnoise import projection
 
     q = _q(k)
-    fns = {m: jax.jit(lambda x, m=m: optim.project_columns(x, m)).lower(q).compile()
+    fns = {m: jax.jit(lambda x, m=m: projection.project_columns(x, m)).lower(q).compile()
            for m in ("sort", "newton")}
     # Small K is microseconds: several calls per timing so the clock resolves them.
     calls = max(1, 2000 // k)
@@ -76,10 +76,10 @@ def newton_alone(k: int, repeats: int) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from nlnoise import optim
+    from nlnoise import projection
 
     q = _q(k)
-    fn = jax.jit(lambda x: optim.project_columns(x, "newton")).lower(q).compile()
+    fn = jax.jit(lambda x: projection.project_columns(x, "newton")).lower(q).compile()
     got = fn(q)
     ts = []
     for _ in range(repeats):

@@ -8,6 +8,8 @@ Items (one module each, each runnable alone):
 5.    ``end_to_end``: a real short training run's wall time over steps x median step time
 6.    ``scaling_k``: noise layer and Q update time/memory for K up to 21841; Q sharded 1/N
 7.    ``scaling_devices``: images/s and per-device batch memory on 1, 2, 4, 8 simulated devices
+18.1.  ``q_update``: the Q update in passes over Q at K = 21841 (<= 3) and its share of
+      an AlexNet step at K = 1000 (<= 5%)
 
 Every comparison is timed in alternation in one run (``benchlib.alternate``), median of
 ``--repeats`` (>= 5) after a warm-up. About 15-20 minutes on this 2-core machine.
@@ -33,7 +35,7 @@ import benchlib as bl
 COMMAND = ".venv/bin/python bench/run_all.py"
 RESULT = "RUN_ALL_RESULT "
 GROUPS = ("step_vs_torch", "noise_overhead", "input_pipeline", "end_to_end", "scaling_k",
-          "scaling_devices")
+          "scaling_devices", "q_update")
 
 
 def run_group(name: str, quick: bool, repeats: int) -> dict[str, Any]:

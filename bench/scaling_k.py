@@ -5,7 +5,7 @@ For K = 10, 100, 1000, 10000, 21841 (ImageNet-22k), on one device:
 * ``noise layer``: value and gradient (w.r.t. logits and Q) of the mean
   ``nlnoise.losses.noisy_cross_entropy`` at batch 128;
 * ``Q update``: ``nlnoise.optim.q_optimizer`` (decay, learning rate, per-column simplex
-  projection, sort-free for K >= ``optim.NEWTON_MIN_K``) applied once, as in every train step
+  projection, sort-free for K >= ``projection.NEWTON_MIN_K``) applied once, as in every train step
   after the freeze; without ``--quick`` also optax's sort projection alone for K <= 10000;
 * memory: Q's bytes and the peak temporary bytes XLA allocates for each (``memory_analysis``).
 
@@ -58,7 +58,7 @@ def one_k(k: int, repeats: int, time_update: bool, sort_reference: bool) -> dict
     import jax.numpy as jnp
     import numpy as np
 
-    from nlnoise import losses, optim
+    from nlnoise import losses, optim, projection
 
     # A Q that is not on a face of the simplex, so the projection does real work.
     q = jnp.asarray(np.eye(k, dtype=np.float32) * 0.5 + 0.5 / k)
@@ -92,8 +92,8 @@ def one_k(k: int, repeats: int, time_update: bool, sort_reference: bool) -> dict
         out["q_update_s"] = {"median": bl.median(ut), "n": len(ut)}
     if sort_reference and k <= 10000:
         # optax's sort projection alone, the "before" of the update (too slow at 21841).
-        srt = jax.jit(lambda x: optim.project_columns(x, "sort")).lower(q).compile()
-        got = jax.jit(lambda x: optim.project_columns(x, "newton"))(q)
+        srt = jax.jit(lambda x: projection.project_columns(x, "sort")).lower(q).compile()
+        got = jax.jit(lambda x: projection.project_columns(x, "newton"))(q)
         st = _timed(srt, (q,), reps)
         out["sort_projection_s"] = {"median": bl.median(st), "n": len(st)}
         out["newton_vs_sort_max_abs_diff"] = float(jnp.max(jnp.abs(got - srt(q))))
@@ -175,7 +175,7 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
                ".0f", "(figure)", None, "dense [K, K] gradient of Q (1.9 GB) written every step",
                item=6, unit="ms"),
         bl.row("Q update (decay + projection), K=1000", per_k[2]["q_update_s"]["median"] * 1e3,
-               ".1f", "(figure)", None, "sort-free Newton projection (optim.project_columns)",
+               ".1f", "(figure)", None, "sort-free Newton projection (projection.project_columns)",
                item=6, unit="ms"),
         bl.row("Q update (decay + projection), K=10000", per_k[3]["q_update_s"]["median"],
                ".2f", "(figure)", None, "sort-free Newton projection", item=6, unit="s"),

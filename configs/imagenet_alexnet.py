@@ -5,8 +5,11 @@ random classes: ``kind=sparse_random``) or 40% "adversarial" flips from a clean 
 confusion matrix (``kind=adversarial``, ``corruption.confusion_path``), models none/learned/true;
 and outliers (``configs/imagenet_alexnet.py:outlier``). The paper does not give AlexNet's Q
 schedule; we keep Q frozen for the first 30 of 90 epochs. Network hyper-parameters follow
-Krizhevsky et al.: SGD momentum 0.9, lr 0.01 dropped 10x at epochs 30 and 60, weight decay 5e-4,
-random 227x227 crops and flips. Prepare the data with ``tfds build imagenet2012
+Krizhevsky et al.: batch 128, SGD momentum 0.9, lr 0.01 dropped 10x at epochs 30 and 60, weight
+decay 5e-4, random 227x227 crops and flips. ``batch_size`` is global (split over the pod's
+devices); a larger pod batch needs the learning rate scaled with it (Goyal et al. 2017 scale
+it linearly: ``lr=0.04`` at ``batch_size=512``). Q's rate follows the network's unless
+``q.learning_rate`` is set. Prepare the data with ``tfds build imagenet2012
 --manual_dir=... --data_dir=gs://BUCKET/tfds``. Variants: ``noise=0.5,model=learned``,
 ``kind=adversarial``, ``mesh_model=4`` (shards fc6-8 and Q), ``runlocal`` (needs the data).
 """
@@ -40,7 +43,7 @@ def get_config(arg: str | None = None):
     c.dataset.test_split = "validation"
     c.dataset.image_size = 227
     c.model.name = "alexnet"
-    c.batch_size = 256
+    c.batch_size = 128
     c.num_epochs = 90
     c.learning_rate = 0.01
     c.momentum = 0.9

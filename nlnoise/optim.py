@@ -29,118 +29,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax import projections
 
 from nlnoise.noise import validate_transition
+from nlnoise.projection import (
+    NEEDS_PARAMS,
+    apply_thresholds,
+    check_method,
+    project_columns_to_simplex,
+    resolve_method,
+    simplex_thresholds,
+)
+from nlnoise.sharding import path_names
 
 ScalarOrSchedule = float | optax.Schedule
 
-_NO_PARAMS = "this transformation needs the current params: call update(updates, state, params)."
-
 # Labels used by optax.partition for the two parts of the trainable parameters.
 NET, Q = "net", "q"
-
-
-# Column length (``K_noisy``) from which ``method="auto"`` uses the sort-free projection. Timed
-# with ``bench/projection_methods.py`` on this 2-core CPU (see docs/performance.md, item 6).
-NEWTON_MIN_K = 32
-
-# Cap on the Newton iterations of the sort-free projection. Each one is a single pass over Q;
-# from the starting threshold below they typically stop after fewer than 10.
-NEWTON_MAX_ITER = 64
-
-PROJECTION_METHODS = ("auto", "sort", "newton")
-
-
-def _project_columns_sort(q: jax.Array) -> jax.Array:
-    # optax's reference: sorts each column, O(K log K) per column, O(K^2 log K) for all of Q.
-    return jax.vmap(projections.projection_simplex, in_axes=1, out_axes=1)(q)
-
-
-def _project_columns_newton(q: jax.Array, max_iter: int = NEWTON_MAX_ITER) -> jax.Array:
-    """Sort-free projection of every column onto the simplex (Michelot / Condat).
-
-    The projection is ``max(v - tau, 0)`` with ``tau`` the root of ``f(tau) = sum max(v - tau,
-    0) = 1``. ``f`` is convex, piecewise linear and decreasing, so Newton's step from a ``tau``
-    below the root, ``tau <- (sum_{v > tau} v - 1) / |{v > tau}|`` (Michelot's step), rises
-    monotonically to the root and stops exactly once the support no longer changes. Each step is
-    one elementwise pass with column reductions over axis 0: no sort, no per-column loop, and a
-    Q sharded by columns needs no communication but the loop's stopping test.
-    """
-    k = q.shape[0]
-    col_max = jnp.max(q, axis=0)
-    # Two lower bounds on the root: f(max - 1) >= 1 and f(mean - 1/K) >= sum(v - tau) = 1.
-    tau0 = jnp.maximum(col_max - 1, (jnp.sum(q, axis=0) - 1) / k)
-
-    def step(tau: jax.Array) -> jax.Array:
-        support = q > tau
-        n = jnp.maximum(jnp.sum(support, axis=0), 1).astype(q.dtype)
-        new = (jnp.sum(jnp.where(support, q, 0), axis=0) - 1) / n
-        # In exact arithmetic ``new >= tau``; max() keeps rounding from making it oscillate.
-        return jnp.maximum(tau, new)
-
-    def cond(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
-        _, moved, i = carry
-        return jnp.logical_and(moved, i < max_iter)
-
-    def body(carry: tuple[jax.Array, jax.Array, jax.Array]
-             ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        tau, _, i = carry
-        new = step(tau)
-        return new, jnp.any(new > tau), i + 1
-
-    tau, _, _ = jax.lax.while_loop(cond, body, (tau0, jnp.array(True), jnp.array(0)))
-    x = jnp.maximum(q - tau, 0)
-    # Exact feasibility: rescale the (already nearly unit) mass, which keeps x >= 0 and puts the
-    # float32 rounding of tau (~1e-7 per entry, K entries) back on the simplex. A column whose
-    # values are so large that ``max - 1 == max`` in its dtype has x = 0: it gets its argmax.
-    total = jnp.sum(x, axis=0)
-    at_max = (q == col_max).astype(q.dtype)
-    fallback = at_max / jnp.sum(at_max, axis=0)
-    return jnp.where(total > 0, x / jnp.where(total > 0, total, 1), fallback)
-
-
-def project_columns(q: jax.Array, method: str = "auto") -> jax.Array:
-    """Euclidean projection of every column of ``q`` (``[K_noisy, K_true]``) onto the simplex.
-
-    ``method="sort"`` is optax's ``projection_simplex`` (the reference), which sorts each
-    column: O(K^2 log K) per step, minutes at K=21841. ``"newton"`` finds each column's
-    threshold by Newton/Michelot steps without sorting (same result up to rounding; columns sum
-    to 1 and are non-negative). ``"auto"`` takes ``"sort"`` below ``NEWTON_MIN_K`` rows and
-    ``"newton"`` from there, where it was measured faster.
-    """
-    if q.ndim != 2:
-        raise ValueError(f"q: column projection needs a 2-D matrix, got shape {q.shape}.")
-    if method not in PROJECTION_METHODS:
-        raise ValueError(f"method: must be one of {PROJECTION_METHODS}, got {method!r}.")
-    if method == "auto":
-        method = "newton" if q.shape[0] >= NEWTON_MIN_K else "sort"
-    return _project_columns_newton(q) if method == "newton" else _project_columns_sort(q)
-
-
-def project_columns_to_simplex(method: str = "auto") -> optax.GradientTransformation:
-    """Makes updates land Q on column-stochastic matrices: ``u <- proj(q + u) - q``.
-
-    Place it **last** in a chain (after learning-rate scaling and decay): it needs ``params``
-    and turns the final update into one after which every column of every 2-D leaf lies on the
-    probability simplex. ``method`` is that of :func:`project_columns`. With ``"sort"``, zero
-    updates on a point already on the simplex stay exactly zero.
-    """
-    if method not in PROJECTION_METHODS:
-        raise ValueError(f"method: must be one of {PROJECTION_METHODS}, got {method!r}.")
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(_NO_PARAMS)
-        new_updates = jax.tree.map(lambda p, u: project_columns(p + u, method) - p, params,
-                                   updates)
-        return new_updates, state
-
-    return optax.GradientTransformation(init_fn, update_fn)
 
 
 class QDecayState(NamedTuple):
@@ -154,6 +58,22 @@ class QDecayState(NamedTuple):
     q_decay_scale: jax.Array
 
 
+Q_REGULARIZERS = ("weight_decay", "trace")
+
+
+def check_regularizer(kind: str, field: str = "q.regularizer",
+                      error: type[ValueError] = ValueError) -> None:
+    """Raises ``error`` (one line naming ``field``) unless ``kind`` is in ``Q_REGULARIZERS``."""
+    if kind not in Q_REGULARIZERS:
+        raise error(f"{field}: must be one of {Q_REGULARIZERS} ('weight_decay' is the paper's "
+                    f"practice, 'trace' its principle), got {kind!r}.")
+
+
+def _regularizer_grad(kind: str, p: jax.Array) -> jax.Array:
+    # d/dQ of ||Q||^2 / 2 is Q; d/dQ of tr(Q) is the identity (of Q's stored shape).
+    return p if kind == "weight_decay" else jnp.eye(*p.shape, dtype=p.dtype)
+
+
 def add_q_regularizer(strength: float, kind: str = "weight_decay"
                       ) -> optax.GradientTransformation:
     """Adds the regularizer's gradient to Q's updates, times ``q_decay_scale`` (initially 1).
@@ -161,8 +81,7 @@ def add_q_regularizer(strength: float, kind: str = "weight_decay"
     ``kind="weight_decay"`` adds ``strength * Q`` (the gradient of ``strength/2 ||Q||^2``);
     ``kind="trace"`` adds ``strength * I`` (the gradient of ``strength * tr(Q)``).
     """
-    if kind not in ("weight_decay", "trace"):
-        raise ValueError(f"q.regularizer: must be 'weight_decay' or 'trace', got {kind!r}.")
+    check_regularizer(kind)
 
     def init_fn(params):
         del params
@@ -170,14 +89,91 @@ def add_q_regularizer(strength: float, kind: str = "weight_decay"
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(_NO_PARAMS)
+            raise ValueError(NEEDS_PARAMS)
         s = strength * state.q_decay_scale
-
-        def add(u, p):
-            reg = p if kind == "weight_decay" else jnp.eye(*p.shape, dtype=p.dtype)
-            return u + (s * reg).astype(u.dtype)
-
+        add = lambda u, p: u + (s * _regularizer_grad(kind, p)).astype(u.dtype)
         return jax.tree.map(add, updates, params), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class QStepState(NamedTuple):
+    """State of :func:`decay_step_project`, the fused Q step used from ``NEWTON_MIN_K`` rows.
+
+    ``q_decay_scale``: the regularizer's multiplier, as in :class:`QDecayState` (lowered with
+    ``optax.tree.set(opt_state, q_decay_scale=...)``); ``count``: steps taken, for a
+    learning-rate schedule; ``tau``: per leaf, each column's simplex threshold at the last step
+    (``[K_true]`` as stored, ``-inf`` before the first), where the next step's search starts.
+    """
+
+    q_decay_scale: jax.Array
+    count: jax.Array
+    tau: Any
+
+
+def _fused_leaf(q: jax.Array, u: jax.Array, tau: jax.Array, s: jax.Array, lr: jax.Array,
+                kind: str) -> tuple[jax.Array, jax.Array]:
+    y = q + (-lr) * (u + (s * _regularizer_grad(kind, q)).astype(u.dtype))
+    th = simplex_thresholds(y, tau)
+    return apply_thresholds(y, th, rescale=None) - q, th.tau
+
+
+def decay_step_project(strength: float, kind: str, learning_rate: ScalarOrSchedule
+                       ) -> optax.GradientTransformation:
+    """Decay, learning-rate step and column projection of Q as one transformation.
+
+    The same map as ``chain(add_q_regularizer(strength, kind),
+    scale_by_learning_rate(learning_rate), project_columns_to_simplex("newton"))``, to float32
+    rounding: ``u <- proj(q - lr * (u + strength * scale * R'(q))) - q``. Q is read and
+    written a fixed few times instead of once per transformation and Newton step: the
+    pre-projection values are formed once, each column's threshold search starts from its last
+    threshold (:func:`nlnoise.projection.simplex_thresholds`, usually one or a few reads), and
+    the projection and the update are one elementwise pass. Every leaf must be 2-D
+    (``[K_noisy, K_true]``); it needs ``params``. Place it last in a chain.
+    """
+    check_regularizer(kind)
+
+    def init_fn(params):
+        tau = jax.tree.map(lambda p: jnp.full(p.shape[1:], -jnp.inf, p.dtype), params)
+        return QStepState(jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32), tau)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(NEEDS_PARAMS)
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        s = strength * state.q_decay_scale
+        leaves, treedef = jax.tree.flatten(params)
+        out = [_fused_leaf(p, u, t, s, lr, kind) for p, u, t in
+               zip(leaves, treedef.flatten_up_to(updates), treedef.flatten_up_to(state.tau),
+                   strict=True)]
+        new_u = treedef.unflatten([o[0] for o in out])
+        new_tau = treedef.unflatten([o[1] for o in out])
+        return new_u, QStepState(state.q_decay_scale, optax.safe_increment(state.count),
+                                 new_tau)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _by_leaf_size(small: optax.GradientTransformation, large: optax.GradientTransformation,
+                  method: str) -> optax.GradientTransformation:
+    """``large`` when every leaf is a 2-D Q that ``method`` projects sort-free, else ``small``.
+
+    Shapes are static under jit, so the choice is made once per compilation, and the state of
+    ``small`` (every K below ``NEWTON_MIN_K``, such as K = 10) keeps its layout.
+    """
+
+    def use_large(params) -> bool:
+        leaves = jax.tree.leaves(params)
+        return bool(leaves) and all(
+            p.ndim == 2 and resolve_method(method, p.shape[0]) == "newton" for p in leaves)
+
+    def init_fn(params):
+        return (large if use_large(params) else small).init(params)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(NEEDS_PARAMS)
+        return (large if use_large(params) else small).update(updates, state, params)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -204,8 +200,7 @@ def decay_fixed_point(
     k_noisy, k_true = q_star.shape
     if strength < 0:
         raise ValueError(f"strength: must be >= 0, got {strength}.")
-    if regularizer not in ("weight_decay", "trace"):
-        raise ValueError(f"regularizer: must be 'weight_decay' or 'trace', got {regularizer!r}.")
+    check_regularizer(regularizer, field="regularizer")
     prior = (np.full(k_true, 1.0 / k_true) if class_prior is None
              else np.asarray(class_prior, np.float64))
     if prior.shape != (k_true,) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
@@ -267,6 +262,12 @@ def q_optimizer(
     (momentum-averaged) gradient; with ``regularizer="trace"`` the ``wd * Q`` term is replaced
     by ``wd * I``, the gradient of ``wd * tr(Q)``. Decay is decoupled from momentum.
 
+    Q's shape picks the implementation when the state is created: where the projection is
+    optax's sort (K below ``NEWTON_MIN_K`` with ``"auto"``, e.g. K = 10) the step is the chain
+    ``add_q_regularizer``, ``scale_by_learning_rate``, :func:`project_columns_to_simplex`,
+    with its state layout; where it is sort-free, :func:`decay_step_project` does all three in
+    a few passes over Q, its search warm-started from the last step's thresholds.
+
     Args:
       learning_rate: step size for Q: a float, or an optax schedule of the *global* step
         (counted from step 0, through the freeze), so that Q's rate drops come at the same
@@ -276,7 +277,8 @@ def q_optimizer(
         inner state (momentum) does not advance.
       momentum: optional heavy-ball momentum for Q's gradient.
       regularizer: ``"weight_decay"`` (the paper's practice) or ``"trace"`` (its principle).
-      projection: the column projection's ``method`` (:func:`project_columns`): ``"auto"``
+      projection: the column projection's method (:func:`nlnoise.projection.project_columns`):
+        ``"auto"``
         (optax's sort for small K, sort-free from ``NEWTON_MIN_K``), ``"sort"`` or ``"newton"``.
       grad_clip: if > 0, Q's gradient is clipped to this global norm (each entry first to
         +-grad_clip, so that the norm itself stays finite). ``d log(Q p)_j / d Q[j, i] =
@@ -289,6 +291,8 @@ def q_optimizer(
         raise ValueError(f"q.weight_decay: must be >= 0, got {weight_decay}.")
     if int(freeze_steps) != freeze_steps or freeze_steps < 0:
         raise ValueError(f"freeze_steps: must be a non-negative integer, got {freeze_steps!r}.")
+    check_regularizer(regularizer)
+    check_method(projection)
     # Off is two identities, so that the optimizer state has one layout either way.
     clip = (optax.chain(optax.clip(grad_clip), optax.clip_by_global_norm(grad_clip))
             if grad_clip else optax.chain(optax.identity(), optax.identity()))
@@ -297,13 +301,15 @@ def q_optimizer(
         # the inner count is the global step minus the freeze.
         schedule = learning_rate
         learning_rate = lambda count: schedule(count + freeze_steps)
-    inner = optax.chain(
-        clip,
-        optax.trace(decay=momentum) if momentum else optax.identity(),
+    head = (clip, optax.trace(decay=momentum) if momentum else optax.identity())
+    sorted_chain = optax.chain(
+        *head,
         add_q_regularizer(weight_decay, regularizer),
         optax.scale_by_learning_rate(learning_rate),
         project_columns_to_simplex(projection),
     )
+    fused = optax.chain(*head, decay_step_project(weight_decay, regularizer, learning_rate))
+    inner = _by_leaf_size(sorted_chain, fused, projection)
     if freeze_steps == 0:
         return inner
     return optax.transforms.conditionally_mask(inner, lambda step: step >= freeze_steps)
@@ -334,8 +340,7 @@ def net_optimizer(
     def decay_for(path, leaf):
         if not _is_kernel(path, leaf):
             return 0.0
-        names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-        for name in names:
+        for name in path_names(path):
             if name in layer_weight_decay:
                 return float(layer_weight_decay[name])
         return float(weight_decay)
@@ -346,7 +351,7 @@ def net_optimizer(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(_NO_PARAMS)
+            raise ValueError(NEEDS_PARAMS)
         decayed = jax.tree_util.tree_map_with_path(
             lambda path, u, p: u + decay_for(path, p) * p if decay_for(path, p) else u,
             updates,

@@ -1,8 +1,9 @@
 """Device mesh and shardings: a ``data`` axis for the batch and an optional ``model`` axis.
 
 The ``model`` axis shards what is large along the class or hidden dimension: Q by columns (the
-true-class axis, so the per-column simplex projection needs no communication) and the big dense
-kernels (AlexNet's fc6/fc7/fc8) by their output features. Everything else is replicated.
+true-class axis, so the per-column simplex projection needs no communication), with its
+optimizer state and ``q_stats``, and the big dense kernels (AlexNet's fc6/fc7/fc8) and their
+momenta by output features. Everything else is replicated. docs/architecture.md has the rules.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,10 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA, MODEL = "data", "model"
+# Keys whose arrays are split by Q's columns: Q in the parameters ``{"net": ..., "q": ...}``
+# (and, under the same key in the optimizer state, its moments and thresholds), and the train
+# state's ``q_stats``, which has Q's shape.
+Q_KEYS = ("q", "q_stats")
 # Dense kernels with at least this many elements are sharded over the model axis.
 MIN_SHARDED_KERNEL = 1 << 20
 # Q with at least this many classes is stored with its columns padded to a multiple of
@@ -136,15 +142,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def path_names(path: Sequence[Any]) -> list[str | None]:
+    """The names along a pytree key path (dict keys, attribute names; None for list indices)."""
+    return [getattr(k, "key", getattr(k, "name", None)) for k in path]
+
+
 def _param_spec(path, leaf, model_size: int) -> P:
     if model_size == 1 or not hasattr(leaf, "shape"):
         return P()
-    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
     shape = leaf.shape
-    if names and names[-1] == "q" and len(shape) == 2:
-        # Q by columns (true classes): projection is per column, so it stays local. Large Q
-        # is stored padded (q_storage_columns) so that this divides.
-        return P(None, MODEL) if shape[1] % model_size == 0 else P()
+    if any(k in Q_KEYS for k in path_names(path)) and shape and shape[-1] % model_size == 0:
+        # Q and its optimizer state (momentum [K, K], thresholds [K]) by columns (true
+        # classes): the projection is per column, so it stays local. Large Q is stored padded
+        # (q_storage_columns) so that this divides.
+        return P(*([None] * (len(shape) - 1)), MODEL)
     if len(shape) == 2 and math.prod(shape) >= MIN_SHARDED_KERNEL and shape[1] % model_size == 0:
         return P(None, MODEL)
     return P()
@@ -153,8 +164,10 @@ def _param_spec(path, leaf, model_size: int) -> P:
 def state_shardings(mesh: Mesh, abstract_state):
     """NamedShardings for every leaf of a train state (or any pytree of params / opt state).
 
-    Optimizer moments follow their parameter's spec because they share its path suffix and
-    shape; scalars and small arrays are replicated.
+    Q ``[K, K_stored]``, every array of its optimizer state (any leaf under a ``"q"`` key) and
+    ``q_stats`` are split by their last axis (Q's columns) when the ``model`` axis divides it;
+    dense kernels of at least ``MIN_SHARDED_KERNEL`` elements by their output features, and so
+    are their momenta (same shape). Everything else, scalars included, is replicated.
     """
     model_size = mesh.shape[MODEL]
     return jax.tree_util.tree_map_with_path(

@@ -86,3 +86,19 @@ def test_rejects_other_input_sizes(shape):
     with pytest.raises(ValueError, match="227, 227, 3"):
         jax.eval_shape(lambda v: AlexNet(num_classes=3).init(jax.random.PRNGKey(0), v),
                        jax.ShapeDtypeStruct(shape, jnp.float32))
+
+
+def test_a_smaller_image_size_keeps_every_layer():
+    # 67 -> conv1 15 -> pool 7 -> conv2 7 -> pool 3 -> conv3-5 3 -> pool 1: fc6 sees 256 maps.
+    params = jax.eval_shape(
+        lambda v: AlexNet(num_classes=5, image_size=67).init(jax.random.key(0), v)["params"],
+        jax.ShapeDtypeStruct((2, 67, 67, 3), jnp.float32))
+    assert set(params) == set(PER_LAYER) | {"fc8"}
+    assert params["fc6"]["kernel"].shape == (256, 4096)
+    assert params["conv5"]["kernel"].shape == (3, 3, 384, 256)
+    with pytest.raises(ValueError, match="AlexNet.image_size: must be >= 67"):
+        jax.eval_shape(lambda v: AlexNet(image_size=63).init(jax.random.key(0), v),
+                       jax.ShapeDtypeStruct((1, 63, 63, 3), jnp.float32))
+    with pytest.raises(ValueError, match="67, 67, 3"):
+        jax.eval_shape(lambda v: AlexNet(image_size=67).init(jax.random.key(0), v),
+                       jax.ShapeDtypeStruct((1, 227, 227, 3), jnp.float32))

@@ -8,127 +8,18 @@ import numpy as np
 import optax
 import pytest
 
-from nlnoise import losses, noise, optim
-
-
-def _brute_force_simplex(v: np.ndarray) -> np.ndarray:
-    """Projection onto the simplex by trying every support set (small n only)."""
-    n, best, best_d = v.size, None, np.inf
-    for r in range(1, n + 1):
-        for s in itertools.combinations(range(n), r):
-            s = list(s)
-            x = np.zeros(n)
-            x[s] = v[s] - (v[s].sum() - 1) / r
-            if (x >= -1e-12).all():
-                d = np.sum((x - v) ** 2)
-                if d < best_d:
-                    best, best_d = np.maximum(x, 0), d
-    return best
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_projection_on_simplex_idempotent_and_matches_brute_force(seed):
-    rng = np.random.default_rng(seed)
-    q = rng.normal(size=(5, 4)) * 2
-    p = np.asarray(optim.project_columns(jnp.asarray(q, jnp.float32)))
-    assert (p >= 0).all()
-    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-6)
-    np.testing.assert_allclose(optim.project_columns(jnp.asarray(p)), p, atol=1e-6)
-    for i in range(4):
-        np.testing.assert_allclose(p[:, i], _brute_force_simplex(q[:, i]), atol=1e-5)
-
-
-def test_projection_transform_lands_on_simplex_and_needs_params():
-    tx = optax.chain(optax.sgd(0.5), optim.project_columns_to_simplex())
-    q = jnp.asarray(noise.symmetric(4, 0.2), jnp.float32)
-    state = tx.init(q)
-    g = jnp.asarray(np.random.default_rng(0).normal(size=(4, 4)), jnp.float32)
-    u, _ = tx.update(g, state, q)
-    new = optax.apply_updates(q, u)
-    assert (np.asarray(new) >= 0).all()
-    np.testing.assert_allclose(new.sum(0), 1.0, atol=1e-6)
-    with pytest.raises(ValueError):
-        tx.update(g, state)
-
-
-def _hard_columns(k: int, rng: np.random.Generator) -> np.ndarray:
-    """Columns that stress a threshold search: on the simplex, huge, negative, ties, spikes."""
-    e = np.eye(k)
-    cols = [
-        rng.normal(size=k),                      # generic
-        rng.normal(size=k) * 1e3,                # huge spread
-        rng.normal(size=k) + 1e6,                # huge offset
-        -np.abs(rng.normal(size=k)) - 50.0,      # all negative
-        rng.dirichlet(np.ones(k)),               # already on the simplex
-        e[0],                                    # a vertex
-        np.full(k, 1.0 / k),                     # the centre
-        np.full(k, 3.0),                         # all tied, off the simplex
-        np.round(rng.normal(size=k), 1),         # many ties
-        np.r_[np.full(k // 2, 0.7), np.full(k - k // 2, -0.2)],  # two tied blocks
-        np.zeros(k),
-    ]
-    return np.stack(cols, axis=1)
-
-
-@pytest.mark.parametrize("k", [1, 2, 3, 7, 50, 257])
-def test_newton_projection_matches_optax_in_float64(k):
-    rng = np.random.default_rng(k)
-    q = np.concatenate([_hard_columns(k, rng), rng.normal(size=(k, 20)) * 3], axis=1)
-    with jax.enable_x64(True):
-        qq = jnp.asarray(q, jnp.float64)
-        ref = jax.jit(lambda x: optim.project_columns(x, "sort"))(qq)
-        got = jax.jit(lambda x: optim.project_columns(x, "newton"))(qq)
-        assert got.dtype == jnp.float64
-        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=1e-9)
-        assert (np.asarray(got) >= 0).all()
-        np.testing.assert_allclose(np.asarray(got).sum(0), 1.0, atol=1e-12)
-
-
-@pytest.mark.parametrize("k", [1, 10, 100, 1000])
-def test_newton_projection_float32_is_feasible_and_close(k):
-    rng = np.random.default_rng(0)
-    near = np.eye(k, 32) * 0.5 + 0.5 / k + 1e-3 * rng.normal(size=(k, 32))
-    q = jnp.asarray(np.concatenate([_hard_columns(k, rng), near], axis=1), jnp.float32)
-    got = np.asarray(optim.project_columns(q, "newton"))
-    assert got.dtype == np.float32
-    assert (got >= 0).all()
-    # float64 accumulation: numpy sums a float32 column sequentially (1e-5 off at K=1000).
-    np.testing.assert_allclose(got.sum(0, dtype=np.float64), 1.0, rtol=0, atol=1e-6)
-    # Against optax where float32 can resolve the threshold (not the 1e6-offset column).
-    ok = np.abs(np.asarray(q)).max(0) < 1e4
-    ref = np.asarray(optim.project_columns(q, "sort"))
-    np.testing.assert_allclose(got[:, ok], ref[:, ok], rtol=0, atol=1e-5)
-
-
-def test_newton_projection_huge_float32_column_falls_back_to_argmax():
-    # max - 1 == max in float32 at 1e9: the threshold cannot be resolved; the mass goes to max.
-    q = jnp.asarray([[1e9, 0.0], [2e9, 0.5], [2e9, 0.2]], jnp.float32)
-    got = np.asarray(optim.project_columns(q, "newton"))
-    np.testing.assert_allclose(got[:, 0], [0.0, 0.5, 0.5])
-    np.testing.assert_allclose(got.sum(0), 1.0, atol=1e-6)
-
-
-def test_project_columns_method_choice():
-    q = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
-    small = np.asarray(optim.project_columns(q))
-    assert np.array_equal(small, np.asarray(optim.project_columns(q, "sort")))
-    big = jnp.asarray(np.random.default_rng(1).normal(size=(optim.NEWTON_MIN_K, 4)), jnp.float32)
-    assert np.array_equal(np.asarray(optim.project_columns(big)),
-                          np.asarray(optim.project_columns(big, "newton")))
-    with pytest.raises(ValueError, match="method"):
-        optim.project_columns(q, "bogus")
-    with pytest.raises(ValueError, match="method"):
-        optim.project_columns_to_simplex("bogus")
+from nlnoise import losses, noise, optim, projection
 
 
 def _run_q_optimizer(tx, k: int, steps: int = 6) -> np.ndarray:
     rng = np.random.default_rng(3)
     q = jnp.asarray(noise.symmetric(k, 0.3), jnp.float32)
     s = tx.init(q)
+    update = jax.jit(tx.update)
     for _ in range(steps):
         g = _q_grad(q, jnp.asarray(rng.normal(size=(32, k)), jnp.float32),
                     jnp.asarray(rng.integers(0, k, 32)))
-        u, s = tx.update(g, s, q)
+        u, s = update(g, s, q)
         q = optax.apply_updates(q, u)
     return np.asarray(q)
 
@@ -138,7 +29,7 @@ def test_q_optimizer_small_k_unchanged_and_methods_agree():
     auto = _run_q_optimizer(optim.q_optimizer(0.5, weight_decay=0.1, momentum=0.9), 10)
     ref = _run_q_optimizer(optax.chain(
         optax.trace(decay=0.9), optim.add_q_regularizer(0.1), optax.scale_by_learning_rate(0.5),
-        optim.project_columns_to_simplex("sort")), 10)
+        projection.project_columns_to_simplex("sort")), 10)
     assert np.array_equal(auto, ref)
     # Newton in the same chain follows the same trajectory up to float32 rounding.
     newton = _run_q_optimizer(
@@ -329,3 +220,131 @@ def test_decay_fixed_point_rejects_bad_input():
         optim.decay_fixed_point(np.eye(3), 0.1, regularizer="l1")
     with pytest.raises(noise.NoiseMatrixError, match="q_star"):
         optim.decay_fixed_point(np.ones((3, 3)), 0.1)
+
+
+def _sorted_chain(lr, wd, regularizer="weight_decay", momentum=None):
+    """The Q step as separate transformations with optax's sort projection: the reference."""
+    return optax.chain(optax.trace(decay=momentum) if momentum else optax.identity(),
+                       optim.add_q_regularizer(wd, regularizer),
+                       optax.scale_by_learning_rate(lr),
+                       projection.project_columns_to_simplex("sort"))
+
+
+@pytest.mark.parametrize(("shape", "regularizer", "momentum"), [
+    ((64, 64), "weight_decay", None), ((200, 200), "weight_decay", 0.9),
+    ((40, 48), "trace", None),  # stored with padding columns, as sharding.pad_q does
+])
+def test_fused_q_step_matches_the_sorted_chain_step_by_step(shape, regularizer, momentum):
+    k, stored = shape
+    lr = optax.piecewise_constant_schedule(0.05, {4: 0.5})
+    fused = optim.q_optimizer(lr, weight_decay=0.1, momentum=momentum, regularizer=regularizer)
+    ref = _sorted_chain(lr, 0.1, regularizer, momentum)
+    q = jnp.asarray(np.pad(noise.symmetric(k, 0.3), ((0, 0), (0, stored - k))), jnp.float32)
+    sf, sr = fused.init(q), ref.init(q)
+    assert optax.tree.get(sf, "tau").shape == (stored,)
+    step_f = jax.jit(lambda g, s, q: fused.update(g, s, q))
+    step_r = jax.jit(lambda g, s, q: ref.update(g, s, q))
+    rng = np.random.default_rng(k)
+    for _ in range(8):
+        g = _q_grad(q[:, :k], jnp.asarray(rng.normal(size=(32, k)), jnp.float32),
+                    jnp.asarray(rng.integers(0, k, 32)))
+        g = jnp.pad(g, ((0, 0), (0, stored - k)))
+        (uf, sf), (ur, sr) = step_f(g, sf, q), step_r(g, sr, q)
+        new = np.asarray(q + uf)
+        np.testing.assert_allclose(new, np.asarray(q + ur), rtol=0, atol=2e-6)
+        assert (new >= 0).all()
+        np.testing.assert_allclose(new.sum(0, dtype=np.float64), 1.0, rtol=0, atol=1e-6)
+        # The state keeps each column's threshold: the next search starts there.
+        if momentum:
+            q = jnp.asarray(new)
+            continue
+        y = np.asarray(q + (-float(lr(int(optax.tree.get(sf, "count")) - 1)))
+                       * (g + 0.1 * (q if regularizer == "weight_decay" else np.eye(*q.shape))))
+        np.testing.assert_allclose(np.maximum(y - np.asarray(optax.tree.get(sf, "tau")), 0), new,
+                                   atol=2e-6)
+        q = jnp.asarray(new)
+
+
+def test_small_k_keeps_the_sorted_chain_and_its_state_layout():
+    """K = 10 runs on a checkpointed state: its tree must stay that of the sorted chain."""
+    def old(clip, freeze, momentum):
+        head = (optax.chain(optax.clip(clip), optax.clip_by_global_norm(clip)) if clip
+                else optax.chain(optax.identity(), optax.identity()),
+                optax.trace(decay=momentum) if momentum else optax.identity())
+        inner = optax.chain(*head, optim.add_q_regularizer(0.1), optax.scale_by_learning_rate(0.1),
+                            projection.project_columns_to_simplex())
+        return (optax.transforms.conditionally_mask(inner, lambda s: s >= freeze) if freeze
+                else inner)
+
+    q = jnp.eye(10)
+    for clip, freeze, momentum in itertools.product((0.0, 10.0), (0, 5), (None, 0.9)):
+        new = optim.q_optimizer(0.1, weight_decay=0.1, freeze_steps=freeze, momentum=momentum,
+                                grad_clip=clip)
+        assert jax.tree.structure(new.init(q)) == jax.tree.structure(old(clip, freeze,
+                                                                         momentum).init(q))
+    big = optim.q_optimizer(0.1).init(jnp.eye(projection.NEWTON_MIN_K))
+    assert optax.tree.get(big, "tau").shape == (projection.NEWTON_MIN_K,)
+
+
+def test_fused_q_step_decay_scale_is_settable_and_lowers_the_decay():
+    k = 50
+    q = jnp.asarray(noise.symmetric(k, 0.2), jnp.float32)
+    tx = optim.q_optimizer(0.5, weight_decay=0.5)
+    state = tx.init(q)
+    update = jax.jit(tx.update)
+    full = q + update(jnp.zeros_like(q), state, q)[0]
+    lowered = optax.tree.set(state, q_decay_scale=jnp.asarray(0.1, jnp.float32))
+    less = q + update(jnp.zeros_like(q), lowered, q)[0]
+    assert float(jnp.trace(q)) > float(jnp.trace(less)) > float(jnp.trace(full))
+
+
+def test_fused_q_step_survives_a_huge_gradient():
+    # p_i / (Qp)_j at the loss's cap: the column's values are ~1e23, beyond what a float32
+    # threshold resolves, so the step takes the rescaling projection and lands on a vertex.
+    k = 40
+    q = jnp.eye(k)
+    tx = optim.q_optimizer(0.01, weight_decay=0.1)
+    g = jnp.zeros((k, k)).at[3, 0].set(-1e26).at[5, 1].set(-1e26).at[6, 1].set(-1e26)
+    new = np.asarray(q + jax.jit(tx.update)(g, tx.init(q), q)[0])
+    assert (new >= 0).all()
+    np.testing.assert_allclose(new.sum(0), 1.0, atol=1e-6)
+    assert new[3, 0] == pytest.approx(1.0)
+    np.testing.assert_allclose(new[[5, 6], 1], 0.5, atol=1e-6)  # two tied maxima share it
+
+
+def test_fused_q_step_on_q_sharded_by_columns_matches_one_device():
+    """Q split by columns over the model axis: same result, and no collective moves Q."""
+    from nlnoise import sharding
+
+    k = 256
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.dirichlet(np.ones(k) * 0.1, size=k).T, jnp.float32)
+    g = _q_grad(q, jnp.asarray(rng.normal(size=(64, k)), jnp.float32),
+                jnp.asarray(rng.integers(0, k, 64)))
+    tx = optim.q_optimizer(0.05, weight_decay=0.1, freeze_steps=2)
+    state = tx.init(q)
+    mesh = sharding.make_mesh(2, 4)
+    state_sh = sharding.state_shardings(mesh, {"q": state})["q"]
+    q_sh = sharding.state_shardings(mesh, {"q": q})["q"]
+    assert q_sh.spec == sharding.P(None, "model")
+    assert optax.tree.get(state_sh, "tau").spec == sharding.P("model")
+
+    def update(g, s, q):
+        u, s = tx.update(g, s, q)
+        return q + u, s
+
+    ones = jax.jit(update)
+    want = (q, state)
+    for _ in range(3):  # two frozen steps, then the update
+        want = ones(g, want[1], want[0])
+    fn = jax.jit(update, in_shardings=(q_sh, state_sh, q_sh), out_shardings=(q_sh, state_sh))
+    got = (jax.device_put(q, q_sh), jax.device_put(state, state_sh))
+    for _ in range(3):
+        got = fn(jax.device_put(g, q_sh), got[1], got[0])
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=0, atol=1e-6)
+    assert got[0].sharding.spec == sharding.P(None, "model")
+    hlo = fn.lower(g, state, q).compile().as_text()
+    moves_q = [line for line in hlo.splitlines()
+               if any(op in line for op in ("all-gather(", "all-to-all(", "collective-permute("))
+               and f"{k}," in line.split("=")[1].split("(")[0]]
+    assert not moves_q, moves_q[:3]

@@ -40,16 +40,21 @@ from nlnoise.models.lrn import cross_map_response_norm
 __all__ = ["INPUT_SHAPE", "AlexNet"]
 
 INPUT_SHAPE = (227, 227, 3)
+# The smallest input side whose last pooling still leaves a 1 x 1 map (67 -> 15 -> 7 -> 3 -> 1).
+MIN_IMAGE_SIZE = 67
 
 
 class AlexNet(nn.Module):
-    """Single-tower AlexNet (see the module docstring); input ``[B, 227, 227, 3]``.
+    """Single-tower AlexNet (see the module docstring); input ``[B, 227, 227, 3]`` by default.
 
     Attributes:
       num_classes: outputs of ``fc8`` (1000, or K + 1 for the outlier model).
       dropout_rate: dropout before fc7 and fc8 (paper: 0.5).
       lrn_size, lrn_k, lrn_alpha, lrn_beta: the paper's LRN constants ``n, k, alpha, beta``.
       init_std: Gaussian std of all weights (paper: 0.01).
+      image_size: side of the square input (paper: 227). Smaller inputs (at least
+        ``MIN_IMAGE_SIZE``) keep every layer but shrink fc6's input (256 features at 67), for
+        tests of the full network that run in seconds.
     """
 
     num_classes: int = 1000
@@ -59,12 +64,17 @@ class AlexNet(nn.Module):
     lrn_alpha: float = 1e-4
     lrn_beta: float = 0.75
     init_std: float = 0.01
+    image_size: int = INPUT_SHAPE[0]
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """``x``: ``[B, 227, 227, 3]`` images; returns float32 logits ``[B, num_classes]``."""
-        if x.ndim != 4 or tuple(x.shape[1:]) != INPUT_SHAPE:
-            raise ValueError(f"AlexNet: expected input [B, 227, 227, 3], got {x.shape}.")
+        """``x``: ``[B, S, S, 3]`` images (``S = image_size``, 227); float32 logits ``[B, K]``."""
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f"AlexNet.image_size: must be >= {MIN_IMAGE_SIZE} (the last pooling "
+                             f"needs a 3 x 3 map), got {self.image_size}.")
+        s = self.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (s, s, 3):
+            raise ValueError(f"AlexNet: expected input [B, {s}, {s}, 3], got {x.shape}.")
         x = jnp.asarray(x, jnp.float32)
         w_init = nn.initializers.normal(self.init_std)
         zeros, ones = nn.initializers.zeros, nn.initializers.ones
