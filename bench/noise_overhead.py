@@ -61,8 +61,7 @@ def run(quick: bool = False, repeats: int = 5, alexnet_batch: int = 16) -> dict[
                "shared machine", item=2),
         bl.row(f"noise-layer overhead, AlexNet K=1000 batch {alexnet_batch} (learned / none)",
                big["ratio"], ".3f", "<= 1.05", big["ratio"] <= 1.05,
-               "the 1000x1000 simplex projection (sort-free Newton since 2026-11-24; optax's "
-               "sort per column before, see item 6)", item=2),
+               "the 1000x1000 simplex projection (sort-free; see item 6)", item=2),
     ]
     return {"rows": rows, "details": {"layers18pct": small, "alexnet": big}}
 

@@ -82,8 +82,7 @@ def one_k(k: int, repeats: int, time_update: bool, sort_reference: bool) -> dict
     layer(logits, q)  # warm-up, not timed
     lt = _timed(layer, (logits, q), repeats)
     out["noise_layer_s"] = {"median": bl.median(lt), "n": len(lt)}
-    # Fewer timings at K >= 10^4 (a scale, not an A/B comparison): the update was ~25 s and ~4 min
-    # there with the sort projection (before 2026-11-24).
+    # Fewer timings at K >= 10^4: a scale, not an A/B comparison, and each update takes seconds.
     reps = repeats if k <= 1000 else max(1, repeats // 5 if k > 10000 else repeats // 2)
     if time_update:
         if k <= 1000:

@@ -2,7 +2,7 @@
 
 Variants: ``configs/fashion_mnist.py:noise=0.5,model=learned``; ``runlocal`` for a tiny real
 run (seconds); short names are listed in ``nlnoise.config.ALIASES``. Not a dataset of the paper:
-its schedule is ours, chosen to fit a 2-core CPU (Q frozen for the first third of training).
+its schedule is ours, chosen to fit a small CPU budget (Q frozen for the first third of training).
 """
 
 from nlnoise.config import base_config, finalize
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None):
     c.weight_decay = 0.004
     c.layer_weight_decay = {}
     c.q.learning_rate = 0.01
-    # The main job: 30k of the 60k training images, so that it takes minutes on 2 cores; 3k of
+    # The main job: 30k of the 60k training images, so that it takes minutes on a CPU; 3k of
     # them are held out with their noisy labels for label-free early stopping (summary "best").
     c.dataset.train_size = 30_000
     c.dataset.val_size = 3_000

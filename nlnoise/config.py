@@ -40,9 +40,8 @@ Keys (users and scripts rely on these names):
 * ``mesh.data`` (-1: all remaining devices), ``mesh.model``; ``mesh.cpu_devices``: on a
   CPU host, split it into this many XLA devices (0, the default: auto, up to 8, the largest
   that divides the batch sizes; -1: jax's one device; see ``sharding.configure_cpu_devices``;
-  applied before jax's first operation, so not in a process that already used jax). 1.2-1.5x
-  the images/s on 2 cores (docs/performance.md). Results differ from a one-device run only by
-  float summation order.
+  applied before jax's first operation, so not in a process that already used jax; the gain is
+  in docs/performance.md). Results differ from a one-device run only by float summation order.
 * ``compilation_cache_dir`` (jax's persistent compilation cache; "" disables it),
   ``eval_every_epochs``, ``checkpoint_every_steps`` (0: once per epoch), ``keep_checkpoints``,
   ``log_every_steps``, ``progress_bar``, ``tensorboard``, ``plots``, ``max_steps`` (0: no cap).
@@ -240,7 +239,7 @@ def finalize(cfg: ml_collections.ConfigDict, arg: str | None, runlocal: Preset |
     ``{name: (default, fn)}``, called as ``fn(cfg, value, variants)`` with the variant's value
     (or the default) once everything else is set (e.g. a number of outliers from a ratio and the
     final training-set size). ``runlocal`` turns the config into a real run on a small slice of
-    real data that finishes in well under a minute on a 2-core CPU.
+    real data that finishes in well under a minute on a small CPU.
     """
     presets = {"runlocal": runlocal, **(presets or {})}
     derived = dict(derived or {})

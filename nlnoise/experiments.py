@@ -8,8 +8,8 @@
 
 Each cell is one run of ``nlnoise.run.train_and_evaluate`` in its own workdir
 ``root/<cell>``; a finished cell is read back instead of being trained again, and an
-interrupted one resumes from its checkpoint, so a long sweep can be stopped and restarted (even
-in another session). ``nlnoise-sweep`` runs the same grids from the shell.
+interrupted one resumes from its checkpoint, so a long sweep can be stopped and restarted at any
+time. ``nlnoise-sweep`` runs the same grids from the shell.
 """
 
 from __future__ import annotations

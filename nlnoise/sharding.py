@@ -37,8 +37,8 @@ Q_COLUMN_MULTIPLE = 128
 
 # On a CPU host, XLA runs one device's convolutions on a few intra-op threads and leaves cores
 # idle between ops; splitting the host into several devices runs the batch's shards
-# concurrently. layers18pct, batch 128, 2 cores: 1 / 2 / 4 / 8 devices gave 1.0 / 1.09 / 1.30 /
-# 1.50x the images/s (docs/performance.md), so ``auto`` (the default) asks for up to 8. The
+# concurrently; more devices gave more images/s up to 8 (docs/performance.md, "Scaling in
+# devices"), so ``auto`` (the default) asks for up to 8. The
 # devices' all-reduces rendezvous in-process: a loop must not run far ahead of them
 # (nlnoise.step.DispatchWindow), or XLA:CPU deadlocks and aborts the process.
 AUTO_CPU_DEVICES = (8, 4, 2)

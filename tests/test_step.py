@@ -259,7 +259,7 @@ print("finished")
 def test_dispatch_window_prevents_the_cpu_all_reduce_deadlock(tmp_path):
     """300 all-reduce steps on 8 CPU devices over 2+ cores. Dispatched without waiting, XLA:CPU
     (jaxlib 0.10.2) deadlocks once the host is 32 launches ahead and ends the process after
-    the terminate timeout (seen 3 of 3 times here, 2026-11-25); the window keeps it at 3."""
+    the terminate timeout; the window keeps it at 3."""
     import os
     import subprocess
     import sys

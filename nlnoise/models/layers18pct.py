@@ -39,14 +39,13 @@ Parameter count for 3 input channels and K classes:
 ``conv1 5*5*3*32+32 = 2432``, ``conv2 5*5*32*32+32 = 25632``, ``conv3 5*5*32*64+64 = 51264``,
 ``fc10 1024*K+K``; 89578 for K = 10.
 
-Speed on XLA:CPU (batch 128, 32x32x3, 2 cores): stock ops around the convolutions cost more
-than they should, so three are replaced, each with the same values and gradients as the stock
-op: ``lax.reduce_window`` max pooling has a select-and-scatter gradient (~175 ms alone; here
-strided slices and a custom VJP, ~6 ms); XLA's kernel gradient of conv1 (3 input channels,
-~100-140 ms; here row-wise im2col and matmuls, ~40 ms: :func:`conv2d`); ``x ** -0.75`` in the
-response norm (~7 ms; here ``rsqrt``, see :mod:`nlnoise.models.lrn`). A whole SGD step took
-~240-300 ms here against ~390-430 ms with stock Flax/lax ops, measured in alternation on the
-same machine; about 75% of what remains is XLA's own convolutions.
+Speed on XLA:CPU: stock ops around the convolutions cost more than they should, so three are
+replaced, each with the same values and gradients as the stock op: ``lax.reduce_window`` max
+pooling has a select-and-scatter gradient (here strided slices and a custom VJP); XLA's kernel
+gradient of conv1 (3 input channels; here row-wise im2col and matmuls: :func:`conv2d`); and
+``x ** -0.75`` in the response norm (here ``rsqrt``, see :mod:`nlnoise.models.lrn`). Each was
+several times faster than the stock op in alternated timings (``bench/conv1_variants.py``);
+most of what remains of a step is XLA's own convolutions.
 """
 
 from __future__ import annotations
@@ -107,8 +106,8 @@ def max_pool(x: jax.Array, size: int, stride: int) -> jax.Array:
     Output ``[B, OH, OW, C]`` with ``OH = ceil((H - size) / stride) + 1``; windows that run past
     the bottom/right border are clipped. The gradient goes to *every* input equal to its
     window's maximum, as ``kLocalMaxUndo`` does (``(img == ma) * mg``). Written with strided
-    slices and a custom VJP: ``lax.reduce_window``'s gradient (select-and-scatter) measured
-    ~175 ms against ~6 ms for this one on ``[128, 32, 32, 32]`` on this CPU.
+    slices and a custom VJP because ``lax.reduce_window``'s gradient (select-and-scatter) is far
+    slower on XLA:CPU.
     """
     return _max_pool_fwd(x, size, stride)[0]
 
@@ -201,10 +200,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
     """NHWC x HWIO convolution (cross-correlation), ``padding`` as ``((top, bottom), (l, r))``.
 
     Same values and gradients as ``lax.conv_general_dilated``. For inputs with few channels
-    (the image itself) the kernel gradient is computed by :func:`_kernel_grad_rows`: XLA:CPU's
-    own kernel-gradient convolution for conv1 of layers-18pct (``[128, 32, 32, 3]``, 5x5x32)
-    measured ~140-160 ms against ~26-50 ms for the matmul form on this machine (min of
-    interleaved runs under load); for 32 input channels XLA's own is faster and is kept.
+    (the image itself) the kernel gradient is computed by :func:`_kernel_grad_rows`, because
+    XLA:CPU's own kernel-gradient convolution is several times slower for conv1 of layers-18pct
+    (3 input channels); for 32 input channels XLA's own is faster and is kept.
     """
     return _conv(x, kernel, stride, padding)
 

@@ -27,19 +27,13 @@ later added ``minDiv`` in place of the constant 1; that is ``k`` here. AlexNet's
 et al. 2012, section 3.3) is the cross-map form with ``k = 2, n = 5, beta = 0.75`` and its
 ``alpha`` applied *undivided*, i.e. ``scale = alpha * n`` here.
 
-Speed (CPU, 2 cores, input ``[128, 16, 16, 32]``, size 3, forward + VJP, median ms; measured
-while other jobs shared the machine, so only the ordering is reliable):
-
-* window sum by ``lax.reduce_window`` 2-D, plain autodiff:   fwd 20.2, fwd+bwd 74.4
-* the same, two separable 1-D reduce_windows:                fwd  8.6, fwd+bwd 35.8
-* depthwise ``conv_general_dilated`` with a ones kernel:     fwd 45.4, fwd+bwd 115.3
-* separable shift-and-add of padded slices:                  fwd  9.2, fwd+bwd 69.1
-* ``(...) ** -0.75`` alone costs 6.8 ms; ``rsqrt(d) * sqrt(rsqrt(d))`` costs 0.45 ms. With it,
-  and the hand-written VJP below: reduce_window 0.9 / 2.4, shift-and-add 0.9 / 2.1
-  (autodiff instead of the custom VJP: 0.8 / 2.6 and 1.2 / 5.4; a ``custom_jvp`` whose
-  transpose XLA derives: 2.2 / 10.0 against 1.9 / 5.5 for the custom VJP in the same run).
-* cross-map, size 5, ``[128, 16, 16, 32]``: shift-and-add 1.9 / 4.4, reduce_window 2.4 / 6.7,
-  banded ``[C, C]`` matmul 3.0 / 8.3; ``[16, 27, 27, 96]``: 1.7 / 6.5, 2.7 / 6.2, 4.8 / 10.4.
+Why the implementation looks as it does (the timings of the variants are in
+docs/performance.md and bench/): on XLA:CPU a 2-D ``lax.reduce_window`` window sum and a
+depthwise convolution with a ones kernel are several times slower than separable
+shift-and-add of padded slices or two 1-D reduce_windows; ``(...) ** -0.75`` alone costs more
+than the rest of the layer, while ``rsqrt(d) * sqrt(rsqrt(d))`` is nearly free; and a
+hand-written VJP beats both autodiff and a ``custom_jvp`` whose transpose XLA derives. For the
+cross-map form, shift-and-add also beats a banded ``[C, C]`` matmul.
 
 So the window sums are separable shift-and-add, the power uses ``rsqrt`` for 0.75 and 0.5, and
 the gradient is a ``jax.custom_vjp``. Consequence: forward-mode differentiation (``jax.jvp``,
