@@ -27,6 +27,7 @@ files (seeds 0..S-1: calibrated Dirichlet predictions, 50% paper_random flips, a
 ``--q-share`` of the way from the identity to Q*) and runs on them.
 
     .venv/bin/python bench/audit_vs_cleanlab.py RUN1.npz [RUN2.npz ...] [--out FILE.json]
+    .venv/bin/python bench/audit_vs_cleanlab.py NL1.npz NL2.npz --cleanlab-files CL1.npz CL2.npz
     .venv/bin/python bench/audit_vs_cleanlab.py --synthetic 3 [--q-share 0.5] [--no-cleanlab]
 """
 
@@ -147,12 +148,19 @@ def cleanlab_side(d: dict) -> dict:
             "meta": {"cleanlab_version": cleanlab.__version__}}
 
 
-def evaluate(path, with_cleanlab: bool = True) -> dict:
-    """Both sides' figures for one file."""
+def evaluate(path, with_cleanlab: bool = True, cleanlab_path=None) -> dict:
+    """Both sides' figures for one file; with ``cleanlab_path``, cleanlab's side is computed on
+    that file instead (each tool's own workflow, e.g. its own cross-fitted predictions of the
+    same examples)."""
     d = load(path)
     out = nlnoise_side(d)
     if with_cleanlab:
-        cl = cleanlab_side(d)
+        other = d if cleanlab_path is None else load(cleanlab_path)
+        if cleanlab_path is not None and not np.array_equal(other["noisy_labels"],
+                                                            d["noisy_labels"]):
+            raise ValueError(f"{cleanlab_path}: its noisy labels are not those of {path}; "
+                             "pair the two workflows' predictions of the same examples.")
+        cl = cleanlab_side(other)
         for s in SECTIONS:
             out[s].update(cl[s])
         out["meta"].update(cl["meta"])
@@ -216,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="*", help=".npz inputs (see the module docstring)")
     ap.add_argument("--out", default=str(RESULTS / "audit_vs_cleanlab.json"))
     ap.add_argument("--no-cleanlab", action="store_true", help="the nlnoise side only")
+    ap.add_argument("--cleanlab-files", nargs="*", default=None, metavar="NPZ",
+                    help="one per input: cleanlab's side runs on these instead (its own "
+                    "workflow's predictions of the same examples)")
     ap.add_argument("--synthetic", type=int, default=0, metavar="S",
                     help="write S synthetic inputs next to --out and run on them")
     ap.add_argument("--q-share", type=float, default=0.9,
@@ -229,8 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                                    q_share=args.q_share))
     if not files:
         ap.error("give .npz files or --synthetic S")
+    pairs = args.cleanlab_files if args.cleanlab_files is not None else [None] * len(files)
+    if len(pairs) != len(files):
+        ap.error(f"--cleanlab-files: {len(pairs)} files for {len(files)} inputs; give one each")
     try:
-        results = [evaluate(f, with_cleanlab=not args.no_cleanlab) for f in files]
+        results = [evaluate(f, with_cleanlab=not args.no_cleanlab, cleanlab_path=c)
+                   for f, c in zip(files, pairs, strict=True)]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -112,6 +112,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, overwrit
     wall_start = time.time()
     _prepare_devices(cfg)
     run_dir = workdir_lib.RunDir(workdir)
+    if not overwrite:
+        # A finished run is read back without writing anything, not even the lock file, so
+        # that reading it (a sweep's finished cell, an audit's finished fold) leaves it as it was.
+        finished = run_dir.check_config(cfg, resolve.RESUMABLE_KEYS)
+        if finished is not None:
+            log.info("run in %s already finished; returning its summary.", workdir)
+            return finished
     owner = lock_lib.own_workdir(run_dir.path, break_lock=break_lock)
     try:
         return _train_owned(cfg, run_dir, wall_start, overwrite=overwrite,
