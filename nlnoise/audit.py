@@ -84,6 +84,13 @@ def _select(labels, p, q, method: str, min_flip_ratio: float) -> tuple[np.ndarra
     return est, info
 
 
+def describe_q_source(source: str, given: str = "the supplied Q") -> str:
+    """Words for a ``q_source`` of :func:`select_q`: ``given`` names what the caller passed."""
+    if source == "given":
+        return given
+    return f"Q estimated from the predictions ({source.partition(':')[2]})"
+
+
 def select_q(noisy_labels, pred_probs, q=None, *, estimate: str = "confident_joint",
              min_flip_ratio: float = MIN_FLIP_RATIO) -> tuple[np.ndarray, dict]:
     """The q the label scores use, and why: ``(q [K, K], info)``.
@@ -281,7 +288,7 @@ def health_markdown(summary: dict) -> str:
                        (("flip_rate_q", "the given q"), ("flip_rate_estimate", "the estimate"))
                        if key in s)
     lines = [f"## Label health: {s['num_examples']} examples, {s['num_classes']} classes", "",
-             f"- q used: {s['q_source']} ({shares})",
+             f"- q used: {describe_q_source(s['q_source'])} ({shares})",
              f"- expected share of wrong labels: {s['expected_wrong_share']:.1%}",
              f"- flagged: {s['flagged']} ({s['flagged_share']:.1%}), {s['rule']}", "",
              "| class | given | expected true | noise rate 1-q[i,i] | wrong labels | flagged |",

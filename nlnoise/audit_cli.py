@@ -27,6 +27,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from nlnoise import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file[:variant] for --folds (cross-fitting).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
@@ -45,8 +47,7 @@ PROG = "nlnoise-audit"
 
 
 def _fail(message: str) -> None:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(PROG, message)
 
 
 def _check_flags(cfg) -> None:
@@ -96,8 +97,10 @@ def _audit(cfg) -> dict:
 
 
 def _report(meta: dict, out: str) -> str:
+    from nlnoise import audit
+    q_words = audit.describe_q_source(meta["q_source"], given="the run's Q")
     lines = [f"{PROG}: {meta['num_flagged']} of {meta['num_examples']} training labels flagged "
-             f"({meta['flagged_share']:.1%}); the scores use {meta['q_source']}."]
+             f"({meta['flagged_share']:.1%}); the scores use {q_words}."]
     m = meta.get("clean_metrics")
     if m is not None:
         f, ap = m["flagged"], m["ranking_ap"]
@@ -149,29 +152,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with flag and config errors reported in one line instead of a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        text = str(e).strip()
-        if "Traceback" in text:  # an exception inside the config file's get_config
-            text = f"{text.splitlines()[0]} {text.splitlines()[-1]}"
-        if isinstance(e, flags.UnrecognizedFlagError) and "config." in text:
-            text += " (not a key of this config; see the config file or nlnoise.config)"
-        _fail(text)
-        raise  # unreachable
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        # config_flags applying --config.a.b=value to a key the config lacks, or a bad value.
-        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
-        detail = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"")
-        _fail(f"{overrides}: {type(e).__name__}: {detail}")
-        raise
-
-
 def run() -> None:
     """Console-script entry point (``nlnoise-audit``)."""
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROG, config_required=False))
 
 
 if __name__ == "__main__":

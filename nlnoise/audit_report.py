@@ -270,7 +270,8 @@ def _q_png(path: str, inp: AuditInput, sc: Scores) -> str:
         panels.append((f"learned Q{folds}", inp.q_learned))
     panels.append(("Q estimated from predictions", sc.q_estimate))
     return plots.matrix_panels(panels, path, class_names=inp.class_names,
-                               title=f"the scores use: {sc.q_info['q_source']}")
+                               title="the scores use: "
+                               + audit.describe_q_source(sc.q_info["q_source"], "the run's Q"))
 
 
 def _write_npz(path: str, inp: AuditInput, sc: Scores) -> None:

@@ -18,11 +18,12 @@ import logging
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Callable
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from nlnoise import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].",
                                           lock_config=True)
@@ -173,78 +174,14 @@ def _report(summary: dict, workdir: str) -> None:
 
 
 def _fail(message: str) -> None:
-    print(f"nlnoise-train: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _config_arg(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv[1:], start=1):
-        if a.startswith("--config="):
-            return a.split("=", 1)[1]
-        if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def _check_config_file(argv: list[str]) -> str | None:
-    """Refuses a missing --config or config file in one line; returns the file's path."""
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        return None
-    arg = _config_arg(argv)
-    if arg is None:
-        _fail("--config is required, e.g. --config=configs/digits.py:runlocal.")
-    path = arg.split(":", 1)[0]
-    if not path:
-        _fail(f"--config={arg}: no file named; e.g. --config=configs/digits.py:runlocal.")
-    if not os.path.isfile(path):
-        _fail(f"--config={arg}: no config file at {path!r} (paths are relative to the current "
-              "directory; the configs are in the repository's configs/).")
-    return os.path.abspath(path)
-
-
-def _in_config_file(e: BaseException, path: str | None) -> str | None:
-    """``'<file>, line N: Type: message'`` if ``e`` was raised by the config file itself."""
-    if isinstance(e, SyntaxError) and e.filename and path and \
-            os.path.abspath(e.filename) == path:
-        return f"{path}, line {e.lineno}: SyntaxError: {e.msg}"
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if path and os.path.abspath(f.filename) == path]
-    if frames:
-        return f"{path}, line {frames[-1].lineno}: {type(e).__name__}: {e}"
-    if isinstance(e, AttributeError) and "get_config" in str(e):
-        return (f"{path} has no get_config(arg) function: a config file returns its "
-                "ConfigDict from get_config (see configs/digits.py)")
-    return None
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with config errors reported in one line instead of a traceback."""
-    path = _check_config_file(argv)
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        text = str(e).strip()
-        if "Traceback" in text:  # an exception inside the config file's get_config
-            text = f"{text.splitlines()[0]} {text.splitlines()[-1]}"
-        if isinstance(e, flags.UnrecognizedFlagError) and "config." in text:
-            text += " (not a key of this config; see the config file or nlnoise.config)"
-        _fail(text)
-        raise  # unreachable
-    except Exception as e:
-        where = _in_config_file(e, path)
-        if where:
-            _fail(f"--config: {where}")
-        # config_flags applying --config.a.b=value to a key the config lacks, or a bad value.
-        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
-        detail = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"")
-        _fail(f"{overrides}: {type(e).__name__}: {detail}")
-        raise
+    cli.fail("nlnoise-train", message)
 
 
 def run(on_phase: Callable[[str, int], None] | None = None) -> None:
     """Console-script entry point. ``on_phase(name, step)`` is told when the training loop
     enters a phase (see ``nlnoise.run.PhaseCallback``; bench/traced_train.py prints them)."""
-    app.run(functools.partial(main, on_phase=on_phase), flags_parser=_parse_flags)
+    app.run(functools.partial(main, on_phase=on_phase),
+            flags_parser=cli.flags_parser("nlnoise-train"))
 
 
 if __name__ == "__main__":
