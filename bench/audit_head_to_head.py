@@ -3,8 +3,9 @@
 For every noise family and seed of docs/audit.md's table it
 
 1. audits the ``learned`` cell of the sweep in-sample at its early-stopped parameters
-   (``nlnoise-audit --params=best``; no clean label is used), so that both tools score the SAME
-   predicted probabilities (nlnoise with its learned Q, cleanlab with its own estimates);
+   (``nlnoise-audit --params=best``; ``--params=final``: its last; no clean label is used),
+   so that both tools score the SAME predicted probabilities (nlnoise with its learned Q,
+   cleanlab with its own estimates);
 2. with ``--crossfit``, runs each tool's recommended out-of-sample workflow on the same
    examples: ``nlnoise-audit --folds=2`` with the learned noise model, and the same 2-fold
    cross-fit of the plain network (``noise.model=none``), whose out-of-fold probabilities are
@@ -14,7 +15,7 @@ For every noise family and seed of docs/audit.md's table it
 
 Every step resumes: finished audits are rewritten identically and finished folds are read back.
 
-    .venv/bin/python bench/audit_head_to_head.py --root=runs/sweeps [--crossfit] \\
+    .venv/bin/python bench/audit_head_to_head.py --root=runs/sweeps [--crossfit] [--params=final] \\
         [--families fashion_50 fashion_70 ...] [--seeds 0 1 2]
 """
 
@@ -56,13 +57,13 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def _audit_in_sample(venv: Path, root: Path, family: str, seed: int) -> Path:
+def _audit_in_sample(venv: Path, root: Path, family: str, seed: int, params: str) -> Path:
     _, sweep, cell, _ = FAMILIES[family]
     run = root / sweep / cell.format(s=seed)
     if not (run / "summary.json").exists():
         raise SystemExit(f"{run} has not finished: run its sweep (nlnoise-sweep) first.")
-    out = root / "head_to_head" / "audits" / run.name
-    _run([str(venv / "nlnoise-audit"), f"--workdir={run}", f"--out={out}", "--params=best",
+    out = root / "head_to_head" / "audits" / (run.name + ("" if params == "best" else "__final"))
+    _run([str(venv / "nlnoise-audit"), f"--workdir={run}", f"--out={out}", f"--params={params}",
           "--noprogress"])
     return out / "predictions.npz"
 
@@ -95,13 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     ap.add_argument("--crossfit", action="store_true",
                     help="also each tool's cross-fitted workflow (trains 4 runs per seed)")
+    ap.add_argument("--params", choices=("best", "final"), default="best",
+                    help="the learned runs' early-stopped (default) or last parameters, for "
+                         "the in-sample audits (<family>_final.md)")
     ap.add_argument("--venv", default=str(REPO / ".venv"))
     args = ap.parse_args(argv)
     root, venv = Path(args.root).resolve(), Path(args.venv) / "bin"
     (root / "head_to_head").mkdir(parents=True, exist_ok=True)
     for family in args.families:
-        same = [_audit_in_sample(venv, root, family, s) for s in args.seeds]
-        _compare(venv / "python", same, root / "head_to_head" / family)
+        same = [_audit_in_sample(venv, root, family, s, args.params) for s in args.seeds]
+        name = family if args.params == "best" else f"{family}_final"
+        _compare(venv / "python", same, root / "head_to_head" / name)
         if args.crossfit:
             ours = [_crossfit(venv, root, family, s, "learned") for s in args.seeds]
             plain = [_crossfit(venv, root, family, s, "none") for s in args.seeds]

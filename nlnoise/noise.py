@@ -8,6 +8,10 @@ so ``q`` has shape ``[K_noisy, K_true]`` and every **column** sums to 1. Several
 codebases use the transpose (a row-stochastic ``T`` applied as ``probs @ T``); pass ``T.T``.
 
 All constructors return float64 numpy arrays that pass :func:`validate_transition`.
+
+The matrices, their checks and the flips drawn through them stay in one module (a little over
+the usual 400 lines): they share one convention, and a reader checking which way a flip goes
+should find the matrix, its validation and the draw side by side.
 """
 
 from __future__ import annotations
