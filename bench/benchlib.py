@@ -316,7 +316,8 @@ def markdown_table(rows: list[Mapping[str, Any]]) -> str:
     lines = ["| # | figure | measured | target | status | what limits it |",
              "|---|---|---:|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.get('item', '')} | {r['figure']} | {r['shown']} | {r['target']} "
+        shown = f"{r['shown']} {r['unit']}" if r.get("unit") else r["shown"]
+        lines.append(f"| {r.get('item', '')} | {r['figure']} | {shown} | {r['target']} "
                      f"| {r['status']} | {r['limits']} |")
     return "\n".join(lines)
 
