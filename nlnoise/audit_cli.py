@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -140,13 +139,10 @@ def main(argv: list[str]) -> int:
         meta = _audit(cfg)
     except (AuditError, AuditInputError, ConfigError, DataError, NoiseMatrixError, WorkdirError,
             CheckpointError, NonFiniteError) as e:
-        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return cli.error(PROG, str(e))
     except OSError as e:
-        print(f"{PROG}: error: {' '.join(str(e).split())}. Nothing was written to the output "
-              "directory; fix the cause (disk space, permissions) and run the same command "
-              "again.", file=sys.stderr)
-        return 2
+        return cli.error(PROG, f"{e}. Nothing was written to the output directory; fix the "
+                         "cause (disk space, permissions) and run the same command again.")
     out = _OUT.value or os.path.join(os.path.abspath(_WORKDIR.value), "audit")
     print(_report(meta, os.path.realpath(out)))
     return 0

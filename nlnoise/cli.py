@@ -15,10 +15,15 @@ from collections.abc import Callable
 from absl import flags
 
 
-def fail(prog: str, message: str) -> None:
-    """Prints ``<prog>: error: <message>`` (one line) to stderr and exits with status 2."""
+def error(prog: str, message: str) -> int:
+    """Prints ``<prog>: error: <message>`` (one line) to stderr; returns the exit status, 2."""
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(2)
+    return 2
+
+
+def fail(prog: str, message: str) -> None:
+    """:func:`error`, then exits with its status."""
+    sys.exit(error(prog, message))
 
 
 def _config_arg(argv: list[str]) -> str | None:

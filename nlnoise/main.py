@@ -154,8 +154,7 @@ def _train(cfg, workdir: str, on_phase) -> dict | int:
                        "resume.")
         else:
             message = f"{describe_os_error(e)} ({type(e).__name__})."
-    print(f"nlnoise-train: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
+    return cli.error("nlnoise-train", message)
 
 
 def _report(summary: dict, workdir: str) -> None:

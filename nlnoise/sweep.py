@@ -30,8 +30,8 @@ from typing import Any
 
 from absl import flags
 
+from nlnoise import cli, experiments, lock
 from nlnoise import config as config_lib
-from nlnoise import experiments, lock
 
 DEFAULT_SWEEPS = "configs/sweeps.py"
 # Grid keys -> the record field plotted on the x axis.
@@ -329,12 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      placeholders={"{root}": sweep["dir"]},
                                      finished_only=args.report, keep_going=True)
     except (ValueError, DataError, WorkdirError, lock.LockError) as e:
-        print(f"nlnoise-sweep: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return cli.error("nlnoise-sweep", str(e))
     except OSError as e:
-        print(f"nlnoise-sweep: error: {describe_os_error(e)} ({type(e).__name__}).",
-              file=sys.stderr)
-        return 2
+        return cli.error("nlnoise-sweep", f"{describe_os_error(e)} ({type(e).__name__}).")
     except KeyboardInterrupt:
         print("nlnoise-sweep: stopped. Finished cells and the checkpoints of the interrupted "
               "one are kept; run the same command to continue.", file=sys.stderr)
