@@ -1,5 +1,6 @@
 """Launch scripts: launch/local.py (a real 2-process run matches a 1-process run), the dry runs
-of launch/tpu_pod.sh and bench/accelerator.sh, and the latter's refusal without a GPU."""
+of launch/tpu_pod.sh and bench/accelerator.sh, the latter's refusal without a GPU, and
+bench/step_trace.py on a real run."""
 
 import json
 import os
@@ -124,3 +125,21 @@ def test_accelerator_stops_at_once_without_a_gpu(tmp_path, stub, message):
     assert proc.returncode == 1
     assert message in proc.stderr
     assert not (tmp_path / "venvs").exists()  # it stopped before installing anything
+
+
+def test_step_trace_records_every_step_of_a_real_run(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "bench/step_trace.py", *ARGS, "--config.mesh.cpu_devices=-1",
+         "--config.plots=False", f"--workdir={tmp_path / 'run'}", "--trace_every=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    lines = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("step ")]
+    steps = [int(ln[1]) for ln in lines]
+    assert steps == list(range(1, summary["steps"] + 1))
+    norms = [float(ln[5]) for ln in lines]
+    assert all(np.isfinite(norms)) and max(norms) > 0
+    head = f"step_trace: steps={len(steps)} max_grad_norm={max(norms):.3g} at step "
+    assert head in proc.stdout
+    peak = int(proc.stdout.split(head)[1].split(";")[0])
+    assert norms[peak - 1] == max(norms)
