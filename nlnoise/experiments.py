@@ -272,6 +272,10 @@ def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
     without the ``over`` item. Where ``true`` is no better than ``none`` (gap <= 0: nothing to
     close, as when no model has fitted the flips yet) that seed's closure is NaN, and the mean is
     over the other seeds.
+
+    Also ``gain``: ``err_none - err_learned`` per seed (defined where the gap is not: a paired
+    difference whose mean and spread do not depend on a small denominator) and ``wins``: the
+    number of seeds in which learned beats none.
     """
     table = [r for r in table if "error" not in r and r.get(metric) is not None]
     per_seed: dict[tuple[Any, str], list[dict[str, float]]] = {}
@@ -288,14 +292,15 @@ def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
                 key = (value, without_keys(r.get("variant", ""), [over]))
                 per_seed.setdefault(key, []).append({
                     "none": base["none"], "learned": r[metric], "true": base["true"],
-                    "gap": gap,
+                    "gap": gap, "gain": base["none"] - r[metric],
                     "closure": (base["none"] - r[metric]) / gap if gap > 0 else float("nan")})
     out = []
     for (value, variant), rows in per_seed.items():
         row: dict[str, Any] = {by: value, "variant": variant}
-        for field in ("none", "learned", "true", "gap", "closure"):
+        for field in ("none", "learned", "true", "gap", "gain", "closure"):
             st = _stats([r[field] for r in rows])
             row[field], row[f"{field}_std"] = st["mean"], st["std"]
         row["n"], row["closure_n"] = len(rows), st["n"]
+        row["wins"] = sum(r["gain"] > 0 for r in rows)
         out.append(row)
     return out

@@ -153,11 +153,12 @@ def select(cells: Sequence[experiments.Cell], patterns: Sequence[str]
 
 
 PERCENT = ("test_error", "best_test_error", "noisy_train_error", "realized_flip_rate", "none",
-           "learned", "true", "gap")
+           "learned", "true", "gap", "gain")
 NAMES = {"test_error": "clean test error (%)", "noisy_train_error": "noisy train error (%)",
          "best_test_error": "clean test error at best_epoch (%)",
          "realized_flip_rate": "realized flips (%)", "wall_time_s": "wall (min)",
-         "none": "none (%)", "learned": "learned (%)", "true": "true (%)", "gap": "gap (%)"}
+         "none": "none (%)", "learned": "learned (%)", "true": "true (%)", "gap": "gap (%)",
+         "gain": "gain (points)"}
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -199,8 +200,9 @@ AGGREGATE_COLUMNS = ("variant", "noise_kind", "noise_level", "model", "n", "test
 
 def report_text(table: Sequence[dict[str, Any]], x: str) -> str:
     """The markdown report of a sweep: every cell; the mean and standard deviation over seeds
-    where a group of cells differs only in its seed; and the share of the none-to-true gap that
-    learned Q closes, after the last epoch and at the label-free early-stopped epoch."""
+    where a group of cells differs only in its seed; and learned Q's paired gain over none and
+    the share of the none-to-true gap it closes, after the last epoch and at the label-free
+    early-stopped epoch."""
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in table)]
     text = markdown(table, cols)
     groups = experiments.aggregate(table)
@@ -215,10 +217,11 @@ def report_text(table: Sequence[dict[str, Any]], x: str) -> str:
         closure = experiments.gap_closure(table, by=x, metric=metric)
         if not closure:
             continue
-        text += (f"\nClean test error {when} and the share of the none-to-true gap that "
-                 "learned Q closes (per seed, then mean ± std over seeds; n seeds):\n\n"
+        text += (f"\nClean test error {when}, learned Q's gain over none (none - learned) and "
+                 "the share of the none-to-true gap it closes (per seed, then mean ± std over "
+                 "seeds; n seeds; wins: seeds where learned beats none):\n\n"
                  + markdown(closure, [x, "variant", "n", "none", "learned", "true", "gap",
-                                      "closure"]))
+                                      "gain", "wins", "closure"]))
     return text
 
 

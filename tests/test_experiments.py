@@ -193,6 +193,10 @@ def test_gap_closure_over_seeds_pairs_each_seeds_cells_then_averages():
     assert (row["n"], row["closure_n"]) == (3, 2)
     assert row["variant"] == "model='learned'"
     assert row["none"] == pytest.approx(np.mean([0.30, 0.40, 0.3]))
+    # The paired gain is defined for every seed, seed 2's (a tie) included.
+    assert row["gain"] == pytest.approx(np.mean([0.10, 0.10, 0.0]))
+    assert row["gain_std"] == pytest.approx(np.std([0.10, 0.10, 0.0], ddof=1))
+    assert row["wins"] == 2
 
 
 def test_aggregate_gives_mean_std_and_n_per_group_of_seeds():

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from nlnoise import config as config_lib
@@ -157,3 +158,20 @@ def test_real_adhoc_sweep_from_the_command_line(tmp_path):
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert json.load(open(root / "sw.json")) == table
+
+
+def test_report_text_gives_gain_wins_and_closure_per_seed_pair():
+    table = []
+    for seed, errs in enumerate([(0.30, 0.20, 0.10), (0.40, 0.30, 0.20), (0.30, 0.32, 0.25)]):
+        for model, err in zip(("none", "learned", "true"), errs, strict=True):
+            table.append({"noise_level": 0.5, "model": model, "test_error": err, "seed": seed,
+                          "variant": f"seed={seed},model='{model}'"})
+    text = sweep.report_text(table, "noise_level")
+    head, row = [ln for ln in text.splitlines()
+                 if "gain (points)" in ln or ln.startswith("| 0.5 | model='learned'")]
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")],
+                     strict=True))
+    # Per seed: gains 10, 10, -2 points; closures 0.5, 0.5, -0.4.
+    assert cells["gain (points)"] == f"6.00 ± {100 * np.std([0.1, 0.1, -0.02], ddof=1):.2f}"
+    assert cells["wins"] == "2"
+    assert cells["closure"] == f"0.2 ± {np.std([0.5, 0.5, -0.4], ddof=1):.4g}"
