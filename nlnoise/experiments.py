@@ -71,11 +71,18 @@ def cell_name(variant: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name) or "default"
 
 
-def _record(name: str, variant: str, cfg, summary: dict[str, Any], workdir: str
+def cell_label(cell: Cell) -> str:
+    """The variant-like label a report groups and shows a cell by: the given name of a
+    ``(name, variant)`` cell (its variant may hold seed-specific paths), else its variant."""
+    return cell[0] if isinstance(cell, tuple) else cell
+
+
+def _record(name: str, variant: str, cfg, summary: dict[str, Any], workdir: str, label: str
             ) -> dict[str, Any]:
     final = dict(summary.get("final", {}))
     return {
         "cell": name,
+        "label": label,
         "variant": variant,
         "seed": cfg.seed,
         "model": cfg.noise.model,
@@ -167,10 +174,11 @@ def run_grid(
             if not keep_going:
                 raise
             print(f"    failed: {type(e).__name__}: {e}", file=sys.stderr)
-            records.append({"cell": name, "variant": variant, "workdir": workdir,
+            records.append({"cell": name, "label": cell_label(cell), "variant": variant,
+                            "workdir": workdir,
                             "error": f"{type(e).__name__}: {e}"})
             continue
-        rec = _record(name, variant, cfg, summary, workdir)
+        rec = _record(name, variant, cfg, summary, workdir, cell_label(cell))
         if verbose and not done:
             print(f"    test_error={rec.get('test_error')} q_rel_l1={rec.get('q_rel_l1')} "
                   f"({time.time() - t0:.0f}s)", file=sys.stderr)
@@ -210,6 +218,11 @@ def to_dataframe(records: Iterable[dict[str, Any]]):
     return pd.DataFrame(list(records))
 
 
+def group_of(record: dict[str, Any], over: str) -> str:
+    """A record's group: its label (or variant) without the ``over`` item."""
+    return without_keys(record.get("label") or record.get("variant", ""), [over])
+
+
 def without_keys(variant: str, keys: Sequence[str]) -> str:
     """``variant`` with its ``key=value`` items for ``keys`` removed: the cell's group."""
     drop = set(keys)
@@ -245,11 +258,11 @@ def aggregate(table: Sequence[dict[str, Any]], *, over: str = "seed",
     for r in table:
         if "error" in r:
             continue
-        groups.setdefault(without_keys(r.get("variant", ""), [over]), []).append(r)
+        groups.setdefault(group_of(r, over), []).append(r)
     out = []
     for group, rows in groups.items():
         shared = {k: v for k, v in rows[0].items()
-                  if k not in (*metrics, over, "cell", "workdir", "variant")
+                  if k not in (*metrics, over, "cell", "workdir", "variant", "label")
                   and all(r.get(k) == v for r in rows)}
         row: dict[str, Any] = {"variant": group, **shared, "n": len(rows)}
         for m in metrics:
@@ -289,7 +302,7 @@ def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
             for r in here:
                 if r["model"] != "learned":
                     continue
-                key = (value, without_keys(r.get("variant", ""), [over]))
+                key = (value, group_of(r, over))
                 per_seed.setdefault(key, []).append({
                     "none": base["none"], "learned": r[metric], "true": base["true"],
                     "gap": gap, "gain": base["none"] - r[metric],

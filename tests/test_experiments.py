@@ -214,3 +214,25 @@ def test_aggregate_gives_mean_std_and_n_per_group_of_seeds():
 def test_without_keys_keeps_bracketed_values():
     assert experiments.without_keys("seed=1,groups=((0,1),(2,3)),model='x'", ["seed"]) == (
         "groups=((0,1),(2,3)),model='x'")
+
+
+def test_cells_group_by_their_label_when_variants_hold_seed_specific_paths(tmp_path):
+    # The adversarial cells read their own seed's clean model: the variants differ beyond the
+    # seed, the labels (the given cell names) do not.
+    cells = [(f"seed={s},model={m}",
+              f"seed={s},model='{m}',corruption.confusion_path='/r/seed-{s}/summary.json'")
+             for s in range(3) for m in ("none", "learned", "true")]
+    errors = {"none": 0.30, "learned": 0.20, "true": 0.10}
+
+    def fake_train(cfg, workdir):
+        return {"final": {"test_error": errors[cfg.noise.model] + 0.01 * cfg.seed}}
+
+    table = experiments.run_grid("configs/digits.py", cells, root=str(tmp_path),
+                                 train_fn=fake_train, verbose=False)
+    assert [r["label"] for r in table[:2]] == ["seed=0,model=none", "seed=0,model=learned"]
+    groups = experiments.aggregate(table)
+    assert sorted((g["variant"], g["n"]) for g in groups) == [
+        ("model=learned", 3), ("model=none", 3), ("model=true", 3)]
+    (row,) = experiments.gap_closure(table)
+    assert row["n"] == 3 and row["closure"] == pytest.approx(0.5)
+    assert row["gain"] == pytest.approx(0.10) and row["wins"] == 3
