@@ -148,6 +148,7 @@ def run_grid(
     cells = expand(grid)
     for i, cell in enumerate(cells):
         name, variant = split_cell(cell)
+        label = cell_label(cell)
         for old, new in (placeholders or {}).items():
             variant = variant.replace(old, new)
         workdir = os.path.join(root, name)
@@ -174,11 +175,10 @@ def run_grid(
             if not keep_going:
                 raise
             print(f"    failed: {type(e).__name__}: {e}", file=sys.stderr)
-            records.append({"cell": name, "label": cell_label(cell), "variant": variant,
-                            "workdir": workdir,
-                            "error": f"{type(e).__name__}: {e}"})
+            records.append({"cell": name, "label": label, "variant": variant,
+                            "workdir": workdir, "error": f"{type(e).__name__}: {e}"})
             continue
-        rec = _record(name, variant, cfg, summary, workdir, cell_label(cell))
+        rec = _record(name, variant, cfg, summary, workdir, label)
         if verbose and not done:
             print(f"    test_error={rec.get('test_error')} q_rel_l1={rec.get('q_rel_l1')} "
                   f"({time.time() - t0:.0f}s)", file=sys.stderr)
@@ -303,10 +303,11 @@ def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
                 if r["model"] != "learned":
                     continue
                 key = (value, group_of(r, over))
+                gain = base["none"] - r[metric]
                 per_seed.setdefault(key, []).append({
                     "none": base["none"], "learned": r[metric], "true": base["true"],
-                    "gap": gap, "gain": base["none"] - r[metric],
-                    "closure": (base["none"] - r[metric]) / gap if gap > 0 else float("nan")})
+                    "gap": gap, "gain": gain,
+                    "closure": gain / gap if gap > 0 else float("nan")})
     out = []
     for (value, variant), rows in per_seed.items():
         row: dict[str, Any] = {by: value, "variant": variant}
