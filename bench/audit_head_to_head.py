@@ -71,12 +71,21 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
+def audit_dir(root: Path, family: str, seed: int, params: str) -> Path:
+    """Where the in-sample audit of ``family``'s learned run for ``seed`` goes. Named by sweep
+    and cell: cells of different sweeps share names (``seed-0__noise-0.5__model-learned`` is in
+    both ``fashion_memorise`` and ``cifar10_memorise``)."""
+    _, sweep, cell, _ = FAMILIES[family]
+    name = cell.format(s=seed) + ("" if params == "best" else "__final")
+    return root / "head_to_head" / "audits" / sweep / name
+
+
 def _audit_in_sample(venv: Path, root: Path, family: str, seed: int, params: str) -> Path:
     _, sweep, cell, _ = FAMILIES[family]
     run = root / sweep / cell.format(s=seed)
     if not (run / "summary.json").exists():
         raise SystemExit(f"{run} has not finished: run its sweep (nlnoise-sweep) first.")
-    out = root / "head_to_head" / "audits" / (run.name + ("" if params == "best" else "__final"))
+    out = audit_dir(root, family, seed, params)
     _run([str(venv / "nlnoise-audit"), f"--workdir={run}", f"--out={out}", f"--params={params}",
           "--noprogress"])
     return out / "predictions.npz"

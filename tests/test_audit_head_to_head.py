@@ -1,0 +1,20 @@
+"""bench/audit_head_to_head.py: where its audits go (the runs themselves are the sweeps')."""
+
+import itertools
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+import audit_head_to_head as h2h
+
+
+def test_every_family_seed_and_params_gets_its_own_audit_directory(tmp_path):
+    # fashion_50 and cifar_50 name their cells alike; their audits must not collide (the
+    # audit refuses to overwrite another run's audit, so a collision stops the benchmark).
+    dirs = [h2h.audit_dir(tmp_path, family, seed, params)
+            for family, seed, params in itertools.product(h2h.FAMILIES, (0, 1, 2, 10),
+                                                          ("best", "final"))]
+    assert len(set(dirs)) == len(dirs)
+    assert all(d.is_relative_to(tmp_path / "head_to_head" / "audits") for d in dirs)
+    assert h2h.audit_dir(tmp_path, "fashion_50", 0, "best") != h2h.audit_dir(
+        tmp_path, "cifar_50", 0, "best")
