@@ -13,10 +13,11 @@ For every noise family and seed of docs/audit.md's table it
 3. runs ``bench/audit_vs_cleanlab.py`` on each family's files (mean ± std over seeds) and
    writes ``<root>/head_to_head/<family>[_crossfit].{json,md}``.
 
-Every step resumes: finished audits are rewritten identically and finished folds are read back.
+Every step resumes: finished audits are rewritten identically (``--reuse``: read back) and
+finished folds are read back.
 
     .venv/bin/python bench/audit_head_to_head.py --root=runs/sweeps [--crossfit] [--params=final] \\
-        [--families fashion_50 fashion_70 ...] [--seeds 0 1 2]
+        [--families fashion_50 fashion_70 ...] [--seeds 0 1 2] [--reuse]
 
 ``heldout_pair_40`` and ``heldout_block_50`` audit the held-out sweep's learned runs (seeds
 10-12), which played no part in choosing the recipe or the audit's defaults.
@@ -25,6 +26,7 @@ Every step resumes: finished audits are rewritten identically and finished folds
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -80,12 +82,27 @@ def audit_dir(root: Path, family: str, seed: int, params: str) -> Path:
     return root / "head_to_head" / "audits" / sweep / name
 
 
-def _audit_in_sample(venv: Path, root: Path, family: str, seed: int, params: str) -> Path:
+def finished_audit(out: Path, run: Path, params: str) -> bool:
+    """Whether ``out`` holds a complete default-rule in-sample audit of ``run`` at ``params``
+    (``audit.json`` is written last, so its presence means the rest is there)."""
+    try:
+        meta = json.loads((out / "audit.json").read_text())
+    except (OSError, ValueError):
+        return False
+    want = {"mode": "in-sample", "run": str(run.resolve()), "params": params}
+    return meta.get("identity") == want and (out / "predictions.npz").exists()
+
+
+def _audit_in_sample(venv: Path, root: Path, family: str, seed: int, params: str,
+                     reuse: bool = False) -> Path:
     _, sweep, cell, _ = FAMILIES[family]
     run = root / sweep / cell.format(s=seed)
     if not (run / "summary.json").exists():
         raise SystemExit(f"{run} has not finished: run its sweep (nlnoise-sweep) first.")
     out = audit_dir(root, family, seed, params)
+    if reuse and finished_audit(out, run, params):
+        print(f"+ reusing the audit in {out}", file=sys.stderr, flush=True)
+        return out / "predictions.npz"
     _run([str(venv / "nlnoise-audit"), f"--workdir={run}", f"--out={out}", f"--params={params}",
           "--noprogress"])
     return out / "predictions.npz"
@@ -123,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", choices=("best", "final"), default="best",
                     help="the learned runs' early-stopped (default) or last parameters, for "
                          "the in-sample audits (<family>_final.md)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="read back a finished in-sample audit of the same run and parameters "
+                         "instead of auditing again (the audit is deterministic)")
     ap.add_argument("--venv", default=str(REPO / ".venv"))
     args = ap.parse_args(argv)
     root, venv = Path(args.root).resolve(), Path(args.venv) / "bin"
     (root / "head_to_head").mkdir(parents=True, exist_ok=True)
     for family in args.families:
         seeds = args.seeds if args.seeds is not None else FAMILY_SEEDS.get(family, SEEDS)
-        same = [_audit_in_sample(venv, root, family, s, args.params) for s in seeds]
+        same = [_audit_in_sample(venv, root, family, s, args.params, args.reuse)
+                for s in seeds]
         name = family if args.params == "best" else f"{family}_final"
         _compare(venv / "python", same, root / "head_to_head" / name)
         if args.crossfit:

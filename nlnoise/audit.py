@@ -42,7 +42,7 @@ from nlnoise.estimate import (  # noqa: F401  (re-exported: the audit API in one
 )
 
 QUALITY_METHODS = ("posterior", "self_confidence", "normalized_margin")
-RULES = ("threshold", "per_class_count")
+RULES = ("threshold", "per_class_count", "estimated_count")
 # A given q is replaced by the prediction-based estimate when its flip rate is below this
 # fraction of the estimate's (select_q). A converged q sits near 1 (0.85-1.15 on the synthetic
 # data of the tests, where the confident-joint estimate errs by up to ~15% on uncertain
@@ -190,7 +190,9 @@ def _flag(labels, p, q_used, info, threshold, num_issues, rule) -> LabelIssues:
     info = dict(info)
     if num_issues is not None:
         chosen = order[:num_issues]
-        info["rule"] = f"the {num_issues} lowest posteriors of the given label"
+        how = ("the estimated number of wrong labels, " if info.get("rule") == "estimated_count"
+               else "")
+        info["rule"] = f"{how}the {num_issues} lowest posteriors of the given label"
     elif rule == "threshold":
         chosen = order[score[order] < threshold]
         info["rule"] = f"posterior of the given label < {threshold:g}"
@@ -223,6 +225,12 @@ def find_label_issues(noisy_labels, pred_probs, q=None, *, threshold: float = 0.
       - ``rule="per_class_count"``: for each given class ``j``, the ``round(c_j)`` lowest
         scores, ``c_j = sum_{n: noisy_n = j} (1 - score_n)`` the expected number of wrong
         labels in that class under the same q (the idea of cleanlab's ``prune_by_noise_rate``).
+      - ``rule="estimated_count"``: the ``round(N * r)`` lowest scores, ``r = 1 - sum_i
+        prior_i q_est[i, i]`` the flip rate of the ``estimate`` from the predictions (``prior``:
+        the mean of ``pred_probs``). Where the network has begun to fit the given labels
+        (in-sample predictions), the posteriors lean towards the given label and the threshold
+        flags too few; a count from the noise matrix does not depend on how far each posterior
+        leans. Out of fold the estimate over-counts instead (docs/audit.md measures both).
     """
     labels, p, q = check_inputs(noisy_labels, pred_probs, q)
     if not (np.isscalar(threshold) and 0.0 <= threshold <= 1.0):
@@ -235,6 +243,12 @@ def find_label_issues(noisy_labels, pred_probs, q=None, *, threshold: float = 0.
                                   f"threshold), got {num_issues!r}.")
         num_issues = int(num_issues)
     q_used, info = _select(labels, p, q, estimate, min_flip_ratio)
+    if rule == "estimated_count" and num_issues is None:
+        if "flip_rate_estimate" not in info:
+            info["flip_rate_estimate"] = _flip_rate(estimate_q(labels, p, estimate),
+                                                    p.mean(axis=0, dtype=np.float64))
+        num_issues = min(len(labels), max(0, round(len(labels) * info["flip_rate_estimate"])))
+        info["rule"] = "estimated_count"
     return _flag(labels, p, q_used, info, threshold, num_issues, rule)
 
 

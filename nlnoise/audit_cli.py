@@ -2,7 +2,7 @@
 
 In-sample, from a finished (or interrupted) ``nlnoise-train`` run, read-only::
 
-    nlnoise-audit --workdir=RUN --out=DIR [--params=best|final] [--overwrite]
+    nlnoise-audit --workdir=RUN --out=DIR [--params=best|final] [--rule=RULE] [--overwrite]
 
 Out-of-fold (cross-fitting: K models, each trained on K-1 folds of the config's training split
 with its noise model, each predicting the fold it left out; each fold is a resumable run in
@@ -12,9 +12,10 @@ with its noise model, each predicting the fold it left out; each fold is a resum
 
 Also ``python -m nlnoise.audit_cli``. The files are described in :mod:`nlnoise.audit_report`
 and docs/audit.md. ``--params``: the parameters predicted with; default ``best`` when the run
-kept them (``dataset.val_size``), else ``final``. An output directory holding another audit is
-refused unless ``--overwrite``; one inside the run's directory always is. Bad input gets a
-one-line error and exit status 2.
+kept them (``dataset.val_size``), else ``final``. ``--rule``: which labels are flagged
+(:func:`nlnoise.audit.find_label_issues`; default ``threshold``). An output directory holding
+another audit is refused unless ``--overwrite``; one inside the run's directory always is. Bad
+input gets a one-line error and exit status 2.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ _FOLDS = flags.DEFINE_integer("folds", None, "Cross-fit with this many folds (>=
                               "--config.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Replace an audit of another run or setting found in --out.")
+_RULE = flags.DEFINE_enum(
+    "rule", "threshold", ["threshold", "estimated_count", "per_class_count"],
+    "Which labels are flagged: 'threshold' (the posterior of the given label below 0.5), "
+    "'estimated_count' (the N * flip rate of the noise-matrix estimate lowest posteriors) or "
+    "'per_class_count' (nlnoise.audit.find_label_issues).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars for prediction and folds.")
 
 PROG = "nlnoise-audit"
@@ -75,24 +81,27 @@ def _audit(cfg) -> dict:
 
     _check_flags(cfg)
     workdir = os.path.abspath(_WORKDIR.value)
-    overwrite, progress = _OVERWRITE.value, _PROGRESS.value
+    overwrite, progress, rule = _OVERWRITE.value, _PROGRESS.value, _RULE.value
     if cfg is None:
         params = _PARAMS.value or audit_run.default_params(workdir)
-        identity = audit_run.in_sample_identity(workdir, params)
+        identity = audit_report.identity_with_rule(
+            audit_run.in_sample_identity(workdir, params), rule)
         # The output directory is checked first: nothing is computed for an audit that could
         # not be written.
         audit_report.check_out_dir(_OUT.value, identity, protected=(workdir,),
                                    overwrite=overwrite)
         inp = audit_run.in_sample(workdir, params, progress=progress)
         return audit_report.write_audit(_OUT.value, inp, protected=(workdir,),
-                                        overwrite=overwrite)
+                                        overwrite=overwrite, rule=rule)
     folds = audit_run.check_folds(cfg, _FOLDS.value)
     out = _OUT.value or os.path.join(workdir, "audit")
     protected = tuple(audit_run.fold_dirs(workdir, folds))
-    identity = audit_run.cross_fit_identity(cfg, folds, workdir, _PARAMS.value)
+    identity = audit_report.identity_with_rule(
+        audit_run.cross_fit_identity(cfg, folds, workdir, _PARAMS.value), rule)
     audit_report.check_out_dir(out, identity, protected=protected, overwrite=overwrite)
     inp = audit_run.cross_fit(cfg, folds, workdir, _PARAMS.value, progress=progress)
-    return audit_report.write_audit(out, inp, protected=protected, overwrite=overwrite)
+    return audit_report.write_audit(out, inp, protected=protected, overwrite=overwrite,
+                                    rule=rule)
 
 
 def _report(meta: dict, out: str) -> str:

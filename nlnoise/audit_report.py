@@ -16,7 +16,8 @@ place, so a killed audit leaves no half-written directory):
   label, without Q), then ``is_outlier`` (runs with outliers), ``fold`` (cross-fitting: the
   fold whose model predicted it) and ``clean_label``, ``clean_name`` (when clean labels are
   known; -1 and "" where not). Flagged means ``given_posterior < 0.5``
-  (:func:`nlnoise.audit.find_label_issues`' default).
+  (:func:`nlnoise.audit.find_label_issues`' default rule; ``rule="estimated_count"`` flags the
+  estimated number of wrong labels instead, lowest ``quality`` first).
 - ``q.npy`` (``[K, K]``, ``q[j, i] = p(noisy=j | true=i)``, columns sum to 1): the learned Q for
   ``noise.model=learned`` runs (the mean of the folds' when cross-fitted), else the estimate
   from the predictions (:func:`nlnoise.audit.estimate_q`); ``q_estimate.npy`` beside a learned
@@ -71,9 +72,10 @@ class Scores:
     order: np.ndarray  # positions, most likely wrong first
 
 
-def score(inp: AuditInput) -> Scores:
+def score(inp: AuditInput, rule: str = "threshold") -> Scores:
     """Scores ``inp``'s predictions with :mod:`nlnoise.audit`'s defaults (the learned Q unless
-    :func:`~nlnoise.audit.select_q` finds it too close to the identity, else the estimate)."""
+    :func:`~nlnoise.audit.select_q` finds it too close to the identity, else the estimate);
+    ``rule``: which examples are flagged (:func:`~nlnoise.audit.find_label_issues`)."""
     labels, p = inp.examples.labels.astype(np.int64), inp.pred_probs
     q_used, info = audit.select_q(labels, p, inp.q_learned)
     post = np.empty(p.shape, np.float32)
@@ -81,9 +83,10 @@ def score(inp: AuditInput) -> Scores:
         block = slice(s, s + estimate.CHUNK)
         post[block] = audit.posterior(p[block], q_used, labels[block])
     quality = audit.label_quality(labels, p, inp.q_learned)
-    issues = audit.find_label_issues(labels, p, inp.q_learned, threshold=THRESHOLD)
+    issues = audit.find_label_issues(labels, p, inp.q_learned, threshold=THRESHOLD, rule=rule)
     flagged = np.zeros(len(labels), bool)
     flagged[issues.indices] = True
+    info = {**info, "rule": issues.info["rule"]}
     return Scores(q_used=q_used, q_info=info, q_estimate=audit.estimate_q(labels, p),
                   posterior=post, quality=quality, flagged=flagged,
                   suggested=post.argmax(axis=1), order=np.argsort(quality, kind="stable"))
@@ -339,13 +342,23 @@ def _second_stage(inp: AuditInput) -> dict[str, Any]:
             "dataset.clean_labels": "source" if inp.ds.has_clean_labels else "none"}
 
 
+def identity_with_rule(identity: dict[str, Any], rule: str) -> dict[str, Any]:
+    """An audit's identity with its flagging rule; the default rule adds nothing, so that
+    audits written before the rule was a choice still match."""
+    return identity if rule == "threshold" else {**identity, "rule": rule}
+
+
 def write_audit(out: str, inp: AuditInput, *, protected: tuple[str, ...] = (),
-                overwrite: bool = False) -> dict[str, Any]:
+                overwrite: bool = False, rule: str = "threshold") -> dict[str, Any]:
     """Writes the audit's files (module docstring) into ``out``; returns ``audit.json``'s
     contents. ``protected``: the run directories read (``out`` may not be in them or hold
-    them); see :func:`check_out_dir` for when an existing ``out`` is replaced."""
+    them); see :func:`check_out_dir` for when an existing ``out`` is replaced. ``rule``: which
+    examples are flagged (:func:`nlnoise.audit.find_label_issues`)."""
+    if rule not in audit.RULES:
+        raise audit.AuditInputError(f"rule: unknown rule {rule!r}; choose one of {audit.RULES}.")
+    inp = dataclasses.replace(inp, identity=identity_with_rule(inp.identity, rule))
     path = check_out_dir(out, inp.identity, protected=protected, overwrite=overwrite)
-    sc = score(inp)
+    sc = score(inp, rule)
     metrics = clean_metrics(inp, sc)
     summary = audit.health_summary(inp.examples.labels, inp.pred_probs, inp.q_learned,
                                    inp.class_names)

@@ -109,6 +109,24 @@ def test_per_class_count_flags_the_expected_number_per_class(data):
     assert audit.flag_metrics(issues, wrong)["f1"] > 0.9
 
 
+def test_estimated_count_flags_the_estimates_number_of_wrong_labels(data):
+    _, noisy, p, q_star, wrong = data
+    issues = audit.find_label_issues(noisy, p, q_star, rule="estimated_count")
+    est = audit.estimate_q(noisy, p)
+    rate = 1 - np.sum(p.mean(axis=0) * np.diag(est))
+    assert len(issues) == round(len(noisy) * rate) > 0
+    assert issues.info["flip_rate_estimate"] == pytest.approx(rate)
+    assert issues.info["rule"].startswith("the estimated number of wrong labels")
+    scores = audit.label_quality(noisy, p, q_star)  # the lowest scores, most likely wrong first
+    np.testing.assert_array_equal(issues.indices,
+                                  np.argsort(scores, kind="stable")[:len(issues)])
+    assert audit.flag_metrics(issues, wrong)["f1"] > 0.9
+    # The same count without a q; and num_issues still wins over the rule.
+    assert len(audit.find_label_issues(noisy, p, rule="estimated_count")) == len(issues)
+    assert len(audit.find_label_issues(noisy, p, q_star, rule="estimated_count",
+                                       num_issues=7)) == 7
+
+
 def test_a_near_identity_q_does_not_make_most_issues_missed(data):
     """The robustness rule: a Q stopped a fifth of the way to Q* is replaced by the estimate."""
     _, noisy, p, q_star, wrong = data

@@ -127,6 +127,17 @@ def test_in_sample_audit_of_a_none_run_estimates_q(none_run, tmp_path):
     assert len(_rows(out)) == 1437
 
 
+def test_rule_flag_flags_the_estimated_number(none_run, tmp_path):
+    d, _ = none_run
+    out = tmp_path / "audit"
+    done = _audit(f"--workdir={d}", f"--out={out}", "--rule=estimated_count")
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((out / "audit.json").read_text())
+    assert meta["identity"]["rule"] == "estimated_count"
+    assert meta["num_flagged"] == round(1437 * meta["flip_rate_estimate"]) > 0
+    assert sum(r["is_flagged"] == "1" for r in _rows(out)) == meta["num_flagged"]
+
+
 def test_damaged_newest_checkpoint_is_skipped_and_the_run_is_not_touched(learned_run, tmp_path):
     src, _ = learned_run
     d = tmp_path / "copy"

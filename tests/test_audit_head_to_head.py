@@ -1,6 +1,7 @@
 """bench/audit_head_to_head.py: where its audits go (the runs themselves are the sweeps')."""
 
 import itertools
+import json
 import pathlib
 import sys
 
@@ -18,3 +19,18 @@ def test_every_family_seed_and_params_gets_its_own_audit_directory(tmp_path):
     assert all(d.is_relative_to(tmp_path / "head_to_head" / "audits") for d in dirs)
     assert h2h.audit_dir(tmp_path, "fashion_50", 0, "best") != h2h.audit_dir(
         tmp_path, "cifar_50", 0, "best")
+
+
+def test_a_finished_audit_is_reused_only_for_the_same_run_and_parameters(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "audit"
+    out.mkdir()
+    assert not h2h.finished_audit(out, run, "best")  # nothing there
+    identity = {"mode": "in-sample", "run": str(run.resolve()), "params": "best"}
+    (out / "audit.json").write_text(json.dumps({"identity": identity}))
+    assert not h2h.finished_audit(out, run, "best")  # predictions.npz missing
+    (out / "predictions.npz").write_bytes(b"")
+    assert h2h.finished_audit(out, run, "best")
+    assert not h2h.finished_audit(out, run, "final")
+    assert not h2h.finished_audit(out, tmp_path / "other", "best")
+    (out / "audit.json").write_text("{not json")
+    assert not h2h.finished_audit(out, run, "best")

@@ -122,6 +122,25 @@ def test_write_audit_files_csv_order_and_clean_metrics(ds, tmp_path):
     assert np.load(out / "q.npy").shape == (6, 6)
 
 
+def test_write_audit_with_the_estimated_count_rule(ds, tmp_path):
+    inp = _input(ds)
+    meta = audit_report.write_audit(str(tmp_path / "audit"), inp, rule="estimated_count")
+    assert meta["identity"]["rule"] == "estimated_count"
+    assert meta["rule"].startswith("the estimated number of wrong labels")
+    n = len(ds.train)
+    expected = round(n * meta["flip_rate_estimate"])
+    assert meta["num_flagged"] == expected > 0
+    with open(tmp_path / "audit" / "label_issues.csv") as f:
+        flags = [int(r["is_flagged"]) for r in csv.DictReader(f)]
+    assert sum(flags) == expected and flags[:expected] == [1] * expected
+    # An audit with the default rule is another audit: refused without overwrite.
+    with pytest.raises(AuditError, match="holds another audit"):
+        audit_report.write_audit(str(tmp_path / "audit"), inp)
+    with pytest.raises(audit_report.audit.AuditInputError, match="^rule: unknown rule 'top'"):
+        audit_report.write_audit(str(tmp_path / "other"), inp, rule="top")
+    assert not (tmp_path / "other").exists()
+
+
 def test_output_directories_that_are_refused_or_replaced(ds, tmp_path):
     inp = _input(ds, run=str(tmp_path / "run"))
     (tmp_path / "run").mkdir()
