@@ -15,7 +15,7 @@ and for nlnoise and cleanlab, on the SAME probabilities, this reports
   (``audit.select_q``), and cleanlab's ``count.estimate_latent`` noise matrix (also from
   ``estimate_joint`` with columns normalised, and with ``converge_latent_estimates``);
 - flagged set: precision, recall, F1 of ``audit.find_label_issues`` (default; q as given; no q;
-  per-class count; estimated count) and of cleanlab's ``filter.find_label_issues`` (default and
+  per-class count; estimated count; the oracle count, which reads the clean labels) and of cleanlab's ``filter.find_label_issues`` (default and
   ``filter_by="both"``);
 - ranking: AP of ranking the truly wrong labels first by ``audit.label_quality`` and by
   cleanlab's ``rank.get_label_quality_scores`` (each of its methods).
@@ -108,6 +108,9 @@ def nlnoise_side(d: dict) -> dict:
         audit.find_label_issues(labels, p, q, rule="per_class_count"), wrong)
     flagged["nlnoise: rule=estimated_count"] = _flag(
         audit.find_label_issues(labels, p, q, rule="estimated_count"), wrong)
+    # The best any count can do with nlnoise's ranking: an oracle, it reads the clean labels.
+    flagged["oracle: the true number of wrong labels, nlnoise's ranking"] = _flag(
+        audit.find_label_issues(labels, p, q, num_issues=int(wrong.sum())), wrong)
     if "posterior_probs" in d:
         given = d["posterior_probs"][np.arange(len(labels)), labels]
         flagged["nlnoise: saved posterior < 0.5"] = _flag(given < 0.5, wrong)
