@@ -54,6 +54,16 @@ FAMILIES = {
         "'{root}/fashion_structured/seed-{s}__noise-0.0__model-none/summary.json'"),
     "cifar_50": ("configs/cifar10.py", "cifar10_memorise", "seed-{s}__noise-0.5__model-learned",
                  CIFAR_BASE + ",seed={s},noise=0.5"),
+    "cifar_70": ("configs/cifar10.py", "cifar10_memorise", "seed-{s}__noise-0.7__model-learned",
+                 CIFAR_BASE + ",seed={s},noise=0.7"),
+    # Learned Q started from the network's confusion (the fashion_beyond sweep): runs that did
+    # not exist when the audit's rules were chosen.
+    "fashion_confusion_50": ("configs/fashion_mnist.py", "fashion_beyond",
+                             "seed-{s}__noise-0.5__model-learned__q_init-confusion",
+                             FASHION_BASE + ",seed={s},noise=0.5,q.init='confusion'"),
+    "fashion_confusion_70": ("configs/fashion_mnist.py", "fashion_beyond",
+                             "seed-{s}__noise-0.7__model-learned__q_init-confusion",
+                             FASHION_BASE + ",seed={s},noise=0.7,q.init='confusion'"),
     # The held-out families (docs/results.md, section 2): no part in choosing the recipe or the
     # audit's defaults (its 0.5 posterior threshold, the select_q rule).
     "heldout_pair_40": ("configs/fashion_mnist.py", "heldout_fashion",

@@ -15,8 +15,8 @@ and for nlnoise and cleanlab, on the SAME probabilities, this reports
   (``audit.select_q``), and cleanlab's ``count.estimate_latent`` noise matrix (also from
   ``estimate_joint`` with columns normalised, and with ``converge_latent_estimates``);
 - flagged set: precision, recall, F1 of ``audit.find_label_issues`` (default; q as given; no q;
-  per-class count; estimated count; the oracle count, which reads the clean labels) and of cleanlab's ``filter.find_label_issues`` (default and
-  ``filter_by="both"``);
+  per-class count; estimated count; the oracle count, which reads the clean labels) and of
+  cleanlab's ``filter.find_label_issues`` (default and ``filter_by="both"``);
 - ranking: AP of ranking the truly wrong labels first by ``audit.label_quality`` and by
   cleanlab's ``rank.get_label_quality_scores`` (each of its methods).
 
