@@ -243,7 +243,13 @@ def find_label_issues(noisy_labels, pred_probs, q=None, *, threshold: float = 0.
                                   f"threshold), got {num_issues!r}.")
         num_issues = int(num_issues)
     q_used, info = _select(labels, p, q, estimate, min_flip_ratio)
+    return _flag_by_rule(labels, p, q_used, info, threshold, num_issues, rule, estimate)
+
+
+def _flag_by_rule(labels, p, q_used, info, threshold, num_issues, rule, estimate) -> LabelIssues:
+    """:func:`_flag`, with ``rule="estimated_count"`` turned into its number of issues."""
     if rule == "estimated_count" and num_issues is None:
+        info = dict(info)
         if "flip_rate_estimate" not in info:
             info["flip_rate_estimate"] = _flip_rate(estimate_q(labels, p, estimate),
                                                     p.mean(axis=0, dtype=np.float64))
@@ -257,25 +263,27 @@ def find_label_issues(noisy_labels, pred_probs, q=None, *, threshold: float = 0.
 
 def health_summary(noisy_labels, pred_probs, q=None, class_names: Sequence[str] | None = None,
                    *, top_pairs: int = 10, estimate: str = "confident_joint",
-                   min_flip_ratio: float = MIN_FLIP_RATIO) -> dict:
+                   min_flip_ratio: float = MIN_FLIP_RATIO, rule: str = "threshold") -> dict:
     """Per-class noise, the most confused pairs and the share of likely-wrong labels (a dict
     of plain Python values; :func:`health_markdown` renders it).
 
     Everything uses the q of :func:`select_q` and the expected joint ``counts[given j, true
     i] = sum_{n: noisy_n = j} posterior[n, i]``. Per class ``i``: ``noise_rate = 1 - q[i, i]``
     (share of true-``i`` examples labelled otherwise), ``wrong_label_share`` (share of
-    examples labelled ``i`` whose true class differs), ``flagged`` (by the default
-    :func:`find_label_issues`). Pairs: the largest off-diagonal expected counts (true class,
-    given label), with ``q[given, true]``.
+    examples labelled ``i`` whose true class differs), ``flagged`` (by
+    :func:`find_label_issues` with ``rule``, at its default threshold). Pairs: the largest
+    off-diagonal expected counts (true class, given label), with ``q[given, true]``.
     """
     labels, p, q = check_inputs(noisy_labels, pred_probs, q)
     k = p.shape[1]
     if class_names is not None and len(class_names) != k:
         raise AuditInputError(f"class_names: {len(class_names)} names for {k} classes.")
+    if rule not in RULES:
+        raise AuditInputError(f"rule: unknown rule {rule!r}; choose one of {RULES}.")
     names = [str(c) for c in (range(k) if class_names is None else class_names)]
     q_used, info = _select(labels, p, q, estimate, min_flip_ratio)
     joint = posterior_joint(p, q_used, labels)
-    issues = _flag(labels, p, q_used, info, 0.5, None, "threshold")
+    issues = _flag_by_rule(labels, p, q_used, info, 0.5, None, rule, estimate)
     n_given = np.bincount(labels, minlength=k)
     flagged = np.bincount(issues.given, minlength=k)
     classes = [{"class": i, "name": names[i], "given": int(n_given[i]),

@@ -361,7 +361,7 @@ def write_audit(out: str, inp: AuditInput, *, protected: tuple[str, ...] = (),
     sc = score(inp, rule)
     metrics = clean_metrics(inp, sc)
     summary = audit.health_summary(inp.examples.labels, inp.pred_probs, inp.q_learned,
-                                   inp.class_names)
+                                   inp.class_names, rule=rule)
     meta: dict[str, Any] = {
         "identity": inp.identity, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         "runs": inp.info.get("runs"), "noise_model": inp.info.get("noise_model"),

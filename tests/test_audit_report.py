@@ -133,6 +133,11 @@ def test_write_audit_with_the_estimated_count_rule(ds, tmp_path):
     with open(tmp_path / "audit" / "label_issues.csv") as f:
         flags = [int(r["is_flagged"]) for r in csv.DictReader(f)]
     assert sum(flags) == expected and flags[:expected] == [1] * expected
+    # health.md counts the same flagged set.
+    assert f"- flagged: {expected} (" in (tmp_path / "audit" / "health.md").read_text()
+    summary = audit_report.audit.health_summary(ds.train.labels, inp.pred_probs,
+                                                rule="estimated_count")
+    assert summary["flagged"] == expected == sum(c["flagged"] for c in summary["classes"])
     # An audit with the default rule is another audit: refused without overwrite.
     with pytest.raises(AuditError, match="holds another audit"):
         audit_report.write_audit(str(tmp_path / "audit"), inp)
