@@ -190,9 +190,7 @@ def _flag(labels, p, q_used, info, threshold, num_issues, rule) -> LabelIssues:
     info = dict(info)
     if num_issues is not None:
         chosen = order[:num_issues]
-        how = ("the estimated number of wrong labels, " if info.get("rule") == "estimated_count"
-               else "")
-        info["rule"] = f"{how}the {num_issues} lowest posteriors of the given label"
+        info["rule"] = f"the {num_issues} lowest posteriors of the given label"
     elif rule == "threshold":
         chosen = order[score[order] < threshold]
         info["rule"] = f"posterior of the given label < {threshold:g}"
@@ -249,14 +247,16 @@ def find_label_issues(noisy_labels, pred_probs, q=None, *, threshold: float = 0.
 
 def _flag_by_rule(labels, p, q_used, info, threshold, num_issues, rule, estimate) -> LabelIssues:
     """:func:`_flag`, with ``rule="estimated_count"`` turned into its number of issues."""
-    if rule == "estimated_count" and num_issues is None:
-        info = dict(info)
-        if "flip_rate_estimate" not in info:
-            info["flip_rate_estimate"] = _flip_rate(estimate_q(labels, p, estimate),
-                                                    p.mean(axis=0, dtype=np.float64))
-        num_issues = min(len(labels), max(0, round(len(labels) * info["flip_rate_estimate"])))
-        info["rule"] = "estimated_count"
-    return _flag(labels, p, q_used, info, threshold, num_issues, rule)
+    if rule != "estimated_count" or num_issues is not None:
+        return _flag(labels, p, q_used, info, threshold, num_issues, rule)
+    info = dict(info)
+    if "flip_rate_estimate" not in info:
+        info["flip_rate_estimate"] = _flip_rate(estimate_q(labels, p, estimate),
+                                                p.mean(axis=0, dtype=np.float64))
+    count = min(len(labels), max(0, round(len(labels) * info["flip_rate_estimate"])))
+    issues = _flag(labels, p, q_used, info, threshold, count, rule)
+    issues.info["rule"] = f"the estimated number of wrong labels, {issues.info['rule']}"
+    return issues
 
 
 # --- summary -----------------------------------------------------------------------------------
