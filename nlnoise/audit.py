@@ -52,6 +52,14 @@ RULES = ("threshold", "per_class_count", "estimated_count")
 MIN_FLIP_RATIO = 0.75
 
 
+def check_rule(rule: str) -> str:
+    """``rule`` if it names a flagging rule of :func:`find_label_issues`, else an
+    :class:`AuditInputError` that lists the rules."""
+    if rule not in RULES:
+        raise AuditInputError(f"rule: unknown rule {rule!r}; choose one of {RULES}.")
+    return rule
+
+
 def _square(q: np.ndarray) -> np.ndarray:
     if q.shape[0] != q.shape[1]:
         raise AuditInputError(
@@ -234,8 +242,7 @@ def find_label_issues(noisy_labels, pred_probs, q=None, *, threshold: float = 0.
     labels, p, q = check_inputs(noisy_labels, pred_probs, q)
     if not (np.isscalar(threshold) and 0.0 <= threshold <= 1.0):
         raise AuditInputError(f"threshold: {threshold!r} is not a probability in [0, 1].")
-    if rule not in RULES:
-        raise AuditInputError(f"rule: unknown rule {rule!r}; choose one of {RULES}.")
+    check_rule(rule)
     if num_issues is not None:
         if not np.isscalar(num_issues) or int(num_issues) != num_issues or num_issues < 0:
             raise AuditInputError(f"num_issues: must be a whole number >= 0 (or None for the "
@@ -279,8 +286,7 @@ def health_summary(noisy_labels, pred_probs, q=None, class_names: Sequence[str] 
     k = p.shape[1]
     if class_names is not None and len(class_names) != k:
         raise AuditInputError(f"class_names: {len(class_names)} names for {k} classes.")
-    if rule not in RULES:
-        raise AuditInputError(f"rule: unknown rule {rule!r}; choose one of {RULES}.")
+    check_rule(rule)
     names = [str(c) for c in (range(k) if class_names is None else class_names)]
     q_used, info = _select(labels, p, q, estimate, min_flip_ratio)
     joint = posterior_joint(p, q_used, labels)

@@ -354,8 +354,7 @@ def write_audit(out: str, inp: AuditInput, *, protected: tuple[str, ...] = (),
     contents. ``protected``: the run directories read (``out`` may not be in them or hold
     them); see :func:`check_out_dir` for when an existing ``out`` is replaced. ``rule``: which
     examples are flagged (:func:`nlnoise.audit.find_label_issues`)."""
-    if rule not in audit.RULES:
-        raise audit.AuditInputError(f"rule: unknown rule {rule!r}; choose one of {audit.RULES}.")
+    audit.check_rule(rule)
     inp = dataclasses.replace(inp, identity=identity_with_rule(inp.identity, rule))
     path = check_out_dir(out, inp.identity, protected=protected, overwrite=overwrite)
     sc = score(inp, rule)

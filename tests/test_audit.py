@@ -97,6 +97,9 @@ def test_num_issues_takes_the_lowest_scores(data):
         audit.find_label_issues(noisy, p, q_star, threshold=1.5)
     with pytest.raises(audit.AuditInputError, match="^rule:"):
         audit.find_label_issues(noisy, p, q_star, rule="both")
+    with pytest.raises(audit.AuditInputError, match="choose one of .*estimated_count"):
+        audit.health_summary(noisy, p, q_star, rule="both")
+    assert [audit.check_rule(r) for r in audit.RULES] == list(audit.RULES)
 
 
 def test_per_class_count_flags_the_expected_number_per_class(data):

@@ -277,3 +277,10 @@ def test_bad_input_gets_a_one_line_error(case, message, none_run, tmp_path):
     assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
     assert re.search(message, errors[0]), errors[0]
     assert _listing(d) == before and not list(tmp_path.iterdir())
+
+
+def test_rule_flag_offers_exactly_the_library_rules():
+    """``--rule`` lists its choices literally (so that ``--help`` needs no scikit-learn import);
+    they must stay the rules :func:`nlnoise.audit.find_label_issues` knows."""
+    from nlnoise import audit_cli
+    assert set(audit_cli.flags.FLAGS["rule"].parser.enum_values) == set(audit.RULES)
