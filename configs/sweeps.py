@@ -14,7 +14,9 @@ Which cells chose the recipe and which did not (docs/results.md, "Held-out check
 defaults of ``nlnoise.config`` (Q's gradient clip, the ``lower_on_plateau`` decay rule and its
 tolerances) were chosen on Fashion-MNIST paper-random and adversarial/sparse flips with corruption
 seed 0. ``heldout_fashion`` (pair and block flips, seeds 10-12) and the CIFAR-10 sweeps played
-no part in choosing them and run the recipe unchanged.
+no part in choosing them and run the recipe unchanged. Learned Q's confusion start
+(``q.init=confusion``) was first measured in ``fashion_beyond``; ``heldout_confusion`` and
+``cifar_confusion`` run it unchanged on the held-out flips.
 """
 
 MODELS = ["none", "learned", "true"]
@@ -114,6 +116,28 @@ def get_sweeps() -> dict[str, dict]:
                        for s in HELDOUT_SEEDS for m in MODELS],
             "doc": "The frozen recipe on cases that played no part in choosing it: pair flips "
                    "at 40% and block flips (tops, shoes) at 50%, fresh seeds 10-12.",
+        },
+        "heldout_confusion": {
+            "config": FASHION, "dir": "heldout_confusion", "base": FASHION_MEMORISE,
+            "x": "noise_kind",
+            "grid": [(f"seed={s},kind=pair,noise=0.4,model=learned,q_init=confusion",
+                      f"seed={s},kind='pair',noise=0.4,model='learned',q.init='confusion'")
+                     for s in HELDOUT_SEEDS]
+                    + [(f"seed={s},kind=block,noise=0.5,model=learned,q_init=confusion",
+                        f"seed={s},kind='block',noise=0.5,model='learned',q.init='confusion',"
+                        f"corruption.groups={FASHION_GROUPS}")
+                       for s in HELDOUT_SEEDS],
+            "doc": "Learned Q started from the network's confusion (fashion_beyond's method, "
+                   "unchanged) on heldout_fashion's flips and seeds: paired with that sweep's "
+                   "none and true cells (bench/beyond_closure.py).",
+        },
+        "cifar_confusion": {
+            "config": CIFAR, "dir": "cifar10_confusion", "base": CIFAR_MEMORISE,
+            "x": "noise_level",
+            "grid": [(f"seed={s},noise=0.5,model=learned,q_init=confusion",
+                      f"seed={s},noise=0.5,model='learned',q.init='confusion'") for s in SEEDS],
+            "doc": "Learned Q started from the network's confusion on cifar_memorise's 50% "
+                   "flips and seeds: paired with that sweep's none and true cells.",
         },
         "cifar_memorise": {
             "config": CIFAR, "dir": "cifar10_memorise", "base": CIFAR_MEMORISE,

@@ -27,7 +27,7 @@ def test_parse_grid_reads_literals_and_rejects_malformed_text():
 def test_every_named_sweep_builds_valid_configs():
     sweeps = sweep.load_sweeps(SWEEPS)
     assert {"main_seeds", "fashion_memorise", "fashion_structured", "heldout_fashion",
-            "cifar_outlier"} <= set(sweeps)
+            "heldout_confusion", "cifar_confusion", "cifar_outlier"} <= set(sweeps)
     for name, s in sweeps.items():
         for cell in experiments.expand(s["grid"]):
             _, variant = experiments.split_cell(cell)
@@ -62,6 +62,30 @@ def test_heldout_sweep_shares_no_seed_or_noise_family_with_the_tuning_cells():
     held = configs("heldout_fashion")
     assert {c.seed for c in held}.isdisjoint({c.seed for c in tuning})
     assert {c.corruption.kind for c in held}.isdisjoint({c.corruption.kind for c in tuning})
+
+
+def test_confusion_start_sweeps_differ_from_their_first_stage_only_in_q_init():
+    """heldout_confusion and cifar_confusion pair by seed with heldout_fashion's and
+    cifar_memorise's cells (bench/beyond_closure.py): same flips, data and schedule."""
+    sweeps = sweep.load_sweeps(SWEEPS)
+
+    def configs(name):
+        s = sweeps[name]
+        out = {}
+        for _, v in map(experiments.split_cell, experiments.expand(s["grid"])):
+            c = experiments.load_config(str(REPO / s["config"]), f"{s['base']},{v}").to_dict()
+            out[(c["seed"], c["corruption"]["kind"], c["corruption"]["level"],
+                 c["noise"]["model"])] = c
+        return out
+
+    for method, first in (("heldout_confusion", "heldout_fashion"),
+                          ("cifar_confusion", "cifar_memorise")):
+        ours, ref = configs(method), configs(first)
+        assert len(ours) == 6 if method == "heldout_confusion" else len(ours) == 3
+        for key, cfg in ours.items():
+            assert cfg["q"]["init"] == "confusion" and ref[key]["q"]["init"] == "identity"
+            cfg["q"]["init"] = "identity"
+            assert cfg == ref[key], key
 
 
 def test_select_filters_cells_by_text():
