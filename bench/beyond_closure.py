@@ -41,15 +41,14 @@ class Case:
 
     ``reference``: the first-stage sweep's directory and its cell for a seed and a model
     (``{s}``, ``{m}``); ``sweep``: the directory of the cells of ``methods`` (name: cell for a
-    seed). ``held_out``: the flips and seeds played no part in choosing the recipe or the
-    method."""
+    seed). A label ending in "(held-out)" marks flips and seeds that played no part in choosing
+    the recipe or the method."""
     label: str
     reference: str
     reference_cell: str
     sweep: str
     methods: dict[str, str]
     seeds: tuple[int, ...] = SEEDS
-    held_out: bool = False
 
 
 def _fashion(level: float) -> Case:
@@ -61,7 +60,7 @@ def _heldout(kind: str, level: float) -> Case:
     cell = f"seed-{{s}}__kind-{kind}__noise-{level}__model-"
     return Case(f"{kind} {level:.0%} (held-out)", "heldout_fashion", cell + "{m}",
                 "heldout_confusion", {CONFUSION: cell + "learned__q_init-confusion"},
-                HELDOUT_SEEDS, True)
+                HELDOUT_SEEDS)
 
 
 CASES = {
@@ -71,8 +70,7 @@ CASES = {
     "heldout_block_50": _heldout("block", 0.5),
     "cifar_50": Case("CIFAR-10 50% (held-out)", "cifar10_memorise",
                      "seed-{s}__noise-0.5__model-{m}", "cifar10_confusion",
-                     {CONFUSION: "seed-{s}__noise-0.5__model-learned__q_init-confusion"},
-                     SEEDS, True),
+                     {CONFUSION: "seed-{s}__noise-0.5__model-learned__q_init-confusion"}),
 }
 READOUTS = {"after the last epoch": "final", "early-stopped": "best"}
 
