@@ -1,5 +1,7 @@
-"""The nlnoise-train command: a real tiny run, and clean refusals of bad input."""
+"""The nlnoise-train command: a real tiny run, and clean refusals of bad input; runs on your
+own data (a folder, an npz, a label file) trained and then audited with ``nlnoise-audit``."""
 
+import csv
 import json
 import os
 import pathlib
@@ -176,9 +178,23 @@ def test_a_full_disk_at_start_is_one_line_and_leaves_no_temporary_file(tmp_path)
 
 
 def _summary(workdir):
-    import json
-
     return json.loads((workdir / "summary.json").read_text())
+
+
+def _audited(workdir: pathlib.Path) -> tuple[dict, list[dict]]:
+    """``nlnoise-audit`` of a finished run, which it must leave exactly as it was: the audit's
+    ``audit.json`` and the rows of its ``label_issues.csv``."""
+    from test_run import _listing
+
+    before, out = _listing(workdir), workdir.parent / "audit"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = subprocess.run([sys.executable, "-m", "nlnoise.audit_cli", "--progress=false",
+                           f"--workdir={workdir}", f"--out={out}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _listing(workdir) == before, "the audit changed the run's directory"
+    with open(out / "label_issues.csv") as f:
+        return json.loads((out / "audit.json").read_text()), list(csv.DictReader(f))
 
 
 def test_cli_trains_on_a_folder_of_images(tmp_path, make_digits_folder):
@@ -195,6 +211,10 @@ def test_cli_trains_on_a_folder_of_images(tmp_path, make_digits_folder):
     # Folder labels are clean unless said otherwise: Q* is the realized identity.
     assert s["q_true"] == np.eye(10).tolist() and s["realized_flip_rate"] == 0.0
     assert "q_rel_l1=" in out.stdout
+    meta, rows = _audited(tmp_path / "w")
+    assert meta["class_names"] == sorted(DIGIT_NAMES) and len(rows) == meta["num_examples"]
+    assert {r["given_name"] for r in rows} == set(DIGIT_NAMES)
+    assert meta["clean_metrics"]["num_wrong"] == 0  # the folder's labels are the reference
 
 
 def test_cli_trains_on_an_npz_with_noisy_labels_of_known_clean_ones(tmp_path, make_digits_npz,
@@ -215,6 +235,11 @@ def test_cli_trains_on_an_npz_with_noisy_labels_of_known_clean_ones(tmp_path, ma
     np.testing.assert_allclose(s["q_true"], noise.realized_transition(labels[:1437], noisy, 10))
     assert s["realized_flip_rate"] == pytest.approx(np.mean(noisy != labels[:1437]))
     assert "q_rel_l1" in s["final"] and s["class_names"][3] == "three"
+    meta, rows = _audited(tmp_path / "w")
+    wrong = [r for r in rows if r["given_label"] != r["clean_label"]]
+    assert meta["clean_metrics"]["num_wrong"] == len(wrong) > 0
+    assert meta["clean_metrics"]["realized_noise_rate"] == pytest.approx(len(wrong) / len(rows))
+    assert {r["clean_name"] for r in wrong} <= set(s["class_names"])
 
 
 def test_cli_without_clean_labels_leaves_clean_metrics_out(tmp_path, digits_arrays):
@@ -230,6 +255,10 @@ def test_cli_without_clean_labels_leaves_clean_metrics_out(tmp_path, digits_arra
     assert s["realized_flip_rate"] is None and s["q_true"] is None
     assert "q_rel_l1" not in s["final"] and "q_trace" in s["final"]
     assert "q_rel_l1" not in out.stdout
+    meta, rows = _audited(tmp_path / "w")  # no clean labels: those metrics are absent
+    assert meta["clean_metrics"] is None and "clean_label" not in rows[0]
+    assert meta["num_flagged"] == sum(r["is_flagged"] == "1" for r in rows)
+    assert "precision" not in (tmp_path / "audit" / "health.md").read_text()
 
 
 @pytest.mark.parametrize("bad", ["no_folder", "short_labels"])
