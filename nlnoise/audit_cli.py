@@ -14,8 +14,10 @@ Also ``python -m nlnoise.audit_cli``. The files are described in :mod:`nlnoise.a
 and docs/audit.md. ``--params``: the parameters predicted with; default ``best`` when the run
 kept them (``dataset.val_size``), else ``final``. ``--rule``: which labels are flagged
 (:func:`nlnoise.audit.find_label_issues`; default ``threshold``). An output directory holding
-another audit is refused unless ``--overwrite``; one inside the run's directory always is. Bad
-input gets a one-line error and exit status 2.
+another audit is refused unless ``--overwrite``; one inside the run's directory always is; one
+that another audit is writing is refused until it has finished (the lock file ``.<name>.lock``
+beside it, as ``nlnoise-train`` locks its workdir). Bad input gets a one-line error and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -75,8 +77,39 @@ def _check_flags(cfg) -> None:
                          f"--workdir (e.g. --out={_WORKDIR.value.rstrip('/')}-audit).")
 
 
+def _out_dir() -> str:
+    """``--out``, or with ``--folds`` its default ``<workdir>/audit``."""
+    return _OUT.value or os.path.join(os.path.abspath(_WORKDIR.value or ""), "audit")
+
+
+def out_lock(out: str):
+    """The lock on an audit's output directory: the file ``.<name>.lock`` beside it, since the
+    directory itself is replaced as a whole when the audit is written."""
+    from nlnoise import lock
+
+    parent, name = os.path.split(os.path.realpath(os.path.expanduser(out)))
+    return lock.WorkdirLock(parent, name=f".{name}.lock")
+
+
 def _audit(cfg) -> dict:
-    """Runs the audit the flags ask for; returns ``audit.json``'s contents."""
+    """Runs the audit the flags ask for, holding the output directory's lock once the
+    directory has been found writable; returns ``audit.json``'s contents."""
+    from nlnoise import lock
+    from nlnoise.audit_run import AuditError
+
+    out = _out_dir()
+    guard = out_lock(out)
+    try:
+        return _checked_audit(cfg, guard)
+    except lock.WorkdirBusyError:
+        holder = lock.read_holder(guard.workdir, os.path.basename(guard.path))
+        raise AuditError(f"--out={out}: another audit is writing it ({lock.describe(holder)}); "
+                         "wait for it to finish, or choose another --out.") from None
+    finally:
+        guard.release()
+
+
+def _checked_audit(cfg, guard) -> dict:
     from nlnoise import audit_report, audit_run
 
     _check_flags(cfg)
@@ -90,15 +123,17 @@ def _audit(cfg) -> dict:
         # not be written.
         audit_report.check_out_dir(_OUT.value, identity, protected=(workdir,),
                                    overwrite=overwrite)
+        guard.acquire()
         inp = audit_run.in_sample(workdir, params, progress=progress)
         return audit_report.write_audit(_OUT.value, inp, protected=(workdir,),
                                         overwrite=overwrite, rule=rule)
     folds = audit_run.check_folds(cfg, _FOLDS.value)
-    out = _OUT.value or os.path.join(workdir, "audit")
+    out = _out_dir()
     protected = tuple(audit_run.fold_dirs(workdir, folds))
     identity = audit_report.identity_with_rule(
         audit_run.cross_fit_identity(cfg, folds, workdir, _PARAMS.value), rule)
     audit_report.check_out_dir(out, identity, protected=protected, overwrite=overwrite)
+    guard.acquire()
     inp = audit_run.cross_fit(cfg, folds, workdir, _PARAMS.value, progress=progress)
     return audit_report.write_audit(out, inp, protected=protected, overwrite=overwrite,
                                     rule=rule)
@@ -152,8 +187,7 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         return cli.error(PROG, f"{e}. Nothing was written to the output directory; fix the "
                          "cause (disk space, permissions) and run the same command again.")
-    out = _OUT.value or os.path.join(os.path.abspath(_WORKDIR.value), "audit")
-    print(_report(meta, os.path.realpath(out)))
+    print(_report(meta, os.path.realpath(_out_dir())))
     return 0
 
 

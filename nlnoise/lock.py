@@ -94,10 +94,11 @@ def describe(holder: dict[str, Any] | None) -> str:
     return f"pid {holder.get('pid')} on host {holder.get('host')} (since {when}{job})"
 
 
-def read_holder(workdir: str) -> dict[str, Any] | None:
-    """The lock record of ``workdir``, or None when there is none (or it is unreadable)."""
+def read_holder(workdir: str, name: str = LOCK_NAME) -> dict[str, Any] | None:
+    """The lock record of ``workdir`` (its file ``name``), or None when there is none (or it
+    is unreadable)."""
     try:
-        with open(os.path.join(workdir, LOCK_NAME)) as f:
+        with open(os.path.join(workdir, name)) as f:
             return json.loads(f.read() or "null")
     except (OSError, ValueError):
         return None
@@ -130,11 +131,13 @@ def busy_holder(workdir: str) -> dict[str, Any] | None:
 class WorkdirLock:
     """The exclusive lock on one workdir. ``acquire`` creates the directory if needed;
     ``release`` removes the lock file, and the directory too when this lock created it and
-    nothing else was written (a refused run leaves nothing behind)."""
+    nothing else was written (a refused run leaves nothing behind). ``name``: the lock file's
+    name in ``workdir`` (another name locks something else that lives there, such as an
+    output directory that is replaced as a whole and so cannot hold its own lock)."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, name: str = LOCK_NAME):
         self.workdir = os.path.abspath(workdir)
-        self.path = os.path.join(self.workdir, LOCK_NAME)
+        self.path = os.path.join(self.workdir, name)
         self.token = ""
         self._fd: int | None = None
         self._created_dir = False

@@ -279,6 +279,26 @@ def test_bad_input_gets_a_one_line_error(case, message, none_run, tmp_path):
     assert _listing(d) == before and not list(tmp_path.iterdir())
 
 
+def test_an_output_another_audit_is_writing_is_refused(none_run, tmp_path):
+    """Two audits into one --out: the second stops with the holder's name and writes nothing;
+    once the first is done the lock file is gone and the same command writes the audit."""
+    from nlnoise import audit_cli
+
+    d, _ = none_run
+    out = tmp_path / "a"
+    with audit_cli.out_lock(str(out)):
+        assert (tmp_path / ".a.lock").exists()
+        done = _audit(f"--workdir={d}", f"--out={out}", timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("nlnoise-audit:")]
+    assert re.search(rf"--out={out}: another audit is writing it \(pid {os.getpid()} on host",
+                     errors[0]), errors
+    assert not list(tmp_path.iterdir())
+    done = _audit(f"--workdir={d}", f"--out={out}", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["a"] and (out / "audit.json").exists()
+
+
 def test_rule_flag_offers_exactly_the_library_rules():
     """``--rule`` lists its choices literally (so that ``--help`` needs no scikit-learn import);
     they must stay the rules :func:`nlnoise.audit.find_label_issues` knows."""
