@@ -30,6 +30,7 @@ import numpy as np
 from nlnoise import config as config_lib
 from nlnoise import data, resolve, restore
 from nlnoise import run as run_lib
+from nlnoise import step as step_lib
 from nlnoise import workdir as workdir_lib
 
 
@@ -66,19 +67,19 @@ class AuditInput:
     info: dict[str, Any]
 
 
-def predict_probs(params: Any, apply_fn: Any, source: data.ExampleSource, dataset_cfg: Any,
+def predict_probs(state: step_lib.TrainState, source: data.ExampleSource, dataset_cfg: Any,
                   ds: data.NoisyDataset, *, batch_size: int | None = None,
                   progress: bool = True, desc: str = "predicting") -> np.ndarray:
-    """``softmax(f(x))`` of every example of ``source`` (noise layer removed): ``[N, K_out]``
-    float32 in ``source``'s order.
+    """``softmax(f(x))`` of every example of ``source`` (noise layer removed,
+    :func:`nlnoise.step.predict`): ``[N, K_out]`` float32 in ``source``'s order.
 
     Batches of ``batch_size`` (default ``dataset.eval_batch_size``) are preprocessed as for
     evaluation (centre crop, no flip) and go through one jitted forward pass on the device that
-    holds ``params`` (``{"net": ..., "q": ...}``, as ``TrainState.params``).
+    holds ``state`` (a restored run's, :class:`nlnoise.restore.LoadedRun`).
     """
     bs = int(batch_size or dataset_cfg.get("eval_batch_size") or 1000)
-    fwd = jax.jit(lambda p, x: jax.nn.softmax(
-        apply_fn({"params": p["net"]}, x, train=False).astype(jnp.float32), axis=-1))
+    fwd = jax.jit(lambda s, x: jax.nn.softmax(step_lib.predict(s, x).astype(jnp.float32),
+                                              axis=-1))
     out: list[np.ndarray] = []
     batches = data.eval_batches(source, dataset_cfg, ds, global_batch_size=bs)
     if progress:
@@ -87,11 +88,11 @@ def predict_probs(params: Any, apply_fn: Any, source: data.ExampleSource, datase
         batches = tqdm(batches, total=-(-len(source) // bs), desc=desc, unit="batch",
                        file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
     for b in batches:
-        probs = np.asarray(fwd(params, b["image"]))
+        probs = np.asarray(fwd(state, b["image"]))
         out.append(probs[b["mask"]])
     if out:
         return np.concatenate(out)
-    k = int(jax.eval_shape(fwd, params, jnp.zeros((1, *ds.image_shape))).shape[-1])
+    k = int(jax.eval_shape(fwd, state, jnp.zeros((1, *ds.image_shape))).shape[-1])
     return np.zeros((0, k), np.float32)
 
 
@@ -143,8 +144,7 @@ def in_sample(workdir: str, params: str | None = None, *, progress: bool = True)
     _check_run(workdir, params)
     loaded = _load(workdir, params)
     ds = loaded.ds
-    probs = predict_probs(loaded.state.params, loaded.state.apply_fn, ds.train, loaded.cfg.dataset,
-                          ds, progress=progress)
+    probs = predict_probs(loaded.state, ds.train, loaded.cfg.dataset, ds, progress=progress)
     return AuditInput(
         ds=ds, examples=ds.train, pred_probs=probs, q_learned=_learned_q(loaded),
         q_true=loaded.spec.q_true, class_names=_class_names(ds, probs.shape[1]), fold=None,
@@ -274,8 +274,8 @@ def cross_fit(cfg: ml_collections.ConfigDict, folds: int, workdir: str, params: 
         _check_run(d, which)
         loaded = _load(d, which)
         out = loaded.ds.fold_out
-        p = predict_probs(loaded.state.params, loaded.state.apply_fn, out, loaded.cfg.dataset,
-                          loaded.ds, progress=progress, desc=f"fold {i}")
+        p = predict_probs(loaded.state, out, loaded.cfg.dataset, loaded.ds, progress=progress,
+                          desc=f"fold {i}")
         pos = np.searchsorted(ref_keys, _keys(out), sorter=order)
         pos = order[np.minimum(pos, n - 1)]
         audited = ref_keys[pos] == _keys(out)  # the rest are the reference's held-out split

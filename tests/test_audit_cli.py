@@ -199,7 +199,7 @@ def test_cross_fitted_audit_trains_resumes_and_predicts_each_example_once(tmp_pa
         assert np.isin(mine, fds.fold_out.rows).all() and not np.isin(mine, fds.train.rows).any()
         which = "best" if (f / "best").is_dir() else "final"
         loaded = restore.load_for_prediction(str(f), which, ds=fds)
-        own = audit_run.predict_probs(loaded.state.params, loaded.state.apply_fn, fds.fold_out,
+        own = audit_run.predict_probs(loaded.state, fds.fold_out,
                                       loaded.cfg.dataset, fds, progress=False)
         pos = np.searchsorted(fds.fold_out.rows, mine)
         np.testing.assert_allclose(probs[fold == i], own[pos], atol=1e-6)

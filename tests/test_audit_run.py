@@ -26,14 +26,14 @@ def test_predictions_are_the_evaluated_softmax_in_split_order(tiny_run):
     d, summary = tiny_run
     loaded = restore.load_for_prediction(str(d), "final")
     ds, state = loaded.ds, loaded.state
-    probs = audit_run.predict_probs(state.params, state.apply_fn, ds.test, loaded.cfg.dataset,
+    probs = audit_run.predict_probs(state, ds.test, loaded.cfg.dataset,
                                     ds, progress=False)
     assert probs.shape == (len(ds.test), 10) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     # The argmax is what the run evaluated: its logged clean test error.
     assert 1.0 - np.mean(probs.argmax(1) == ds.test.labels) == summary["final"]["test_error"]
     # Batching (with a padded last batch) does not change an example's prediction.
-    small = audit_run.predict_probs(state.params, state.apply_fn, ds.test, loaded.cfg.dataset,
+    small = audit_run.predict_probs(state, ds.test, loaded.cfg.dataset,
                                     ds, batch_size=7, progress=False)
     np.testing.assert_allclose(small, probs, atol=1e-6)
 
