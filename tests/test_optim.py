@@ -123,6 +123,22 @@ def test_net_optimizer_per_layer_weight_decay_skips_biases():
     assert float(jnp.abs(u["conv1"]["bias"]).max()) == 0.0
 
 
+def test_bias_lr_scale_scales_the_bias_steps_only():
+    """cuda-convnet's ``epsB = 2 * epsW``: with momentum, a bias moves twice as far as a kernel
+    under the same gradient at every step; weight decay still skips biases."""
+    params = {"fc10": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros((2,))}}
+    grads = {"fc10": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
+    for scale in (1.0, 2.0):
+        tx = optim.net_optimizer(0.01, momentum=0.9, weight_decay=0.0, bias_lr_scale=scale)
+        state, p = tx.init(params), params
+        for _ in range(3):
+            u, state = tx.update(grads, state, p)
+            p = optax.apply_updates(p, u)
+            np.testing.assert_allclose(u["fc10"]["bias"], scale * u["fc10"]["kernel"][0],
+                                       rtol=1e-6)
+            assert float(u["fc10"]["kernel"][0, 0]) < 0
+
+
 def test_schedule_from_epochs():
     sched = optim.schedule_from_epochs(0.1, 10, (2, 3))
     assert float(sched(19)) == pytest.approx(0.1)
@@ -160,15 +176,16 @@ def test_q_optimizer_state_layout_does_not_depend_on_the_clip():
     assert jax.tree.structure(plain.init(q)) == jax.tree.structure(clipped.init(q))
 
 
+@pytest.mark.parametrize("k", [4, 40])  # the sorted chain, and the fused step from K = 32
 @pytest.mark.parametrize("freeze", [0, 3])
-def test_q_learning_rate_schedule_counts_global_steps_through_the_freeze(freeze):
+def test_q_learning_rate_schedule_counts_global_steps_through_the_freeze(freeze, k):
     """A schedule of 0.1 until step 5 and 0 after: Q may move at steps [freeze, 5) only, and
     must stand still from step 5 on, however long the freeze was."""
     schedule = optax.piecewise_constant_schedule(0.1, {5: 0.0})
     tx = optim.q_optimizer(schedule, weight_decay=0.5, freeze_steps=freeze)
-    q = jnp.eye(4)
+    q = jnp.eye(k)
     state = tx.init(q)
-    grad = -jnp.ones((4, 4)) * 0.1
+    grad = -jnp.ones((k, k)) * 0.1
     traces = [float(jnp.trace(q))]
     for _ in range(9):
         updates, state = tx.update(grad, state, q)
