@@ -236,8 +236,10 @@ def find_label_issues(noisy_labels, pred_probs, q=None, *, threshold: float = 0.
         the mean of ``pred_probs``). Where the network has begun to fit the given labels
         (in-sample predictions), the posteriors lean towards the given label and the threshold
         flags too few; a count from the noise matrix does not depend on how far each posterior
-        leans. Out of fold, or once a learned Q has converged, the count gains nothing: it is
-        within 0.01 of the threshold's F1 or below it (docs/audit.md measures each case).
+        leans. Out of fold with good networks, or once a learned Q has converged, the count
+        gains nothing (within 0.01 of the threshold's F1 or below it); out of fold with weak
+        networks, whose diffuse posteriors put many given labels below 0.5, it flags fewer and
+        does better (docs/audit.md measures each case).
     """
     labels, p, q = check_inputs(noisy_labels, pred_probs, q)
     if not (np.isscalar(threshold) and 0.0 <= threshold <= 1.0):
