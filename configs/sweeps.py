@@ -13,8 +13,9 @@ deviation and n over it.
 Which cells chose the recipe and which did not (docs/results.md, "Which cells chose the
 recipe" and section 2): the defaults of ``nlnoise.config`` (Q's gradient clip, the
 ``lower_on_plateau`` decay rule and its tolerances) were chosen on Fashion-MNIST paper-random
-and adversarial/sparse flips with corruption seed 0. ``heldout_fashion`` (pair and block flips, seeds 10-12) and the CIFAR-10 sweeps played
-no part in choosing them and run the recipe unchanged. Learned Q's confusion start
+and adversarial/sparse flips with corruption seed 0. ``heldout_fashion`` (pair and block
+flips, seeds 10-12) and the CIFAR-10 sweeps played no part in choosing them and run the recipe
+unchanged. Learned Q's confusion start
 (``q.init=confusion``) was first measured in ``fashion_beyond``; ``heldout_confusion`` and
 ``cifar_confusion`` run it unchanged on the held-out flips.
 """
