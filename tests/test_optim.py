@@ -124,8 +124,8 @@ def test_net_optimizer_per_layer_weight_decay_skips_biases():
 
 
 def test_bias_lr_scale_scales_the_bias_steps_only():
-    """cuda-convnet's ``epsB = 2 * epsW``: with momentum, a bias moves twice as far as a kernel
-    under the same gradient at every step; weight decay still skips biases."""
+    """cuda-convnet's ``epsB = 2 * epsW``: with momentum, a bias moves ``scale`` times as far
+    as a kernel under the same gradient at every step."""
     params = {"fc10": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros((2,))}}
     grads = {"fc10": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
     for scale in (1.0, 2.0):
