@@ -12,7 +12,8 @@ so the same command continues a sweep after a stop. Every cell's config is built
 before anything runs (also with ``--dry_run``), and a cell that another process is running is
 refused up front (run the other cells with ``--only``). Flags are absl flags, as
 ``nlnoise-train``'s (``--name=value`` or ``--name value``; ``--only`` and ``--set`` repeat);
-every error is one line and exit code 2. The table goes to ``<dir>/<grid>.json`` and
+every error is one line and exit code 2. The report covers every finished cell of the
+sweep, also after a run of a few cells with ``--only``. The table goes to ``<dir>/<grid>.json`` and
 ``<dir>/<grid>.md``, the plot of clean test error to ``<dir>/<grid>.png`` and the curves of
 every cell (error and ``tr(Q)`` against epoch) to ``<dir>/<grid>_curves.png``.
 """
@@ -198,6 +199,23 @@ AGGREGATE_COLUMNS = ("variant", "noise_kind", "noise_level", "model", "n", "test
                      "best_outlier_ap", "realized_flip_rate")
 
 
+def whole_sweep(sweep: Mapping[str, Any], run_cells: Sequence[experiments.Cell],
+                table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``table`` (the records of ``run_cells``) plus every other finished cell of ``sweep``, in
+    the sweep's order: the report describes the whole sweep, so a run of a few cells with
+    ``--only`` adds to it instead of replacing it with those cells alone."""
+    rest = [c for c in sweep["cells"] if c not in run_cells]
+    if not rest:
+        return list(table)
+    others = experiments.run_grid(sweep["config"], rest, root=sweep["dir"],
+                                  base_variant=sweep["base"],
+                                  placeholders={"{root}": sweep["dir"]}, finished_only=True,
+                                  keep_going=True, verbose=False)
+    by_cell = {r["cell"]: r for r in [*others, *table]}
+    order = [experiments.split_cell(c)[0] for c in sweep["cells"]]
+    return [by_cell[name] for name in order if name in by_cell]
+
+
 def report_text(table: Sequence[dict[str, Any]], x: str) -> str:
     """The markdown report of a sweep: every cell; the mean and standard deviation over seeds
     where a group of cells differs only in its seed; and learned Q's paired gain over none and
@@ -258,8 +276,8 @@ def _define_flags() -> flags.FlagValues:
     flags.DEFINE_string("base", "", "variant applied to every cell, e.g. epochs=3",
                         flag_values=fv)
     flags.DEFINE_multi_string("only", [], "run only cells containing this text, e.g. "
-                              "noise=0.5 (repeatable: a cell must contain every one)",
-                              flag_values=fv)
+                              "noise=0.5 (repeatable: a cell must contain every one); the "
+                              "report still covers every finished cell", flag_values=fv)
     flags.DEFINE_multi_string("set", [], "KEY=VALUE: config override for every cell, e.g. "
                               "progress_bar=False (repeatable)", flag_values=fv)
     flags.DEFINE_bool("list", False, "list the named sweeps and exit", flag_values=fv)
@@ -331,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      base_variant=sweep["base"], overrides=overrides,
                                      placeholders={"{root}": sweep["dir"]},
                                      finished_only=args.report, keep_going=True)
+        table = whole_sweep(sweep, cells, table)
     except (ValueError, DataError, WorkdirError, lock.LockError) as e:
         return cli.error("nlnoise-sweep", str(e))
     except OSError as e:

@@ -182,6 +182,9 @@ def test_real_adhoc_sweep_from_the_command_line(tmp_path):
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert json.load(open(root / "sw.json")) == table
+    # A run of one cell with --only (finished: read back) keeps the other cell in the report.
+    assert sweep.main([*cmd[3:], "--only=learned"]) == 0
+    assert json.load(open(root / "sw.json")) == table
 
 
 def test_report_text_gives_gain_wins_and_closure_per_seed_pair():
