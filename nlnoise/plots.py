@@ -122,18 +122,42 @@ def pr_curves(curves: dict[str, dict], path: str, title: str = "") -> str:
     return _save(fig, path)
 
 
+def mean_by_x(rows: Sequence[dict], x: str, key: str) -> list[tuple[float, float, float, int]]:
+    """``(x, mean, std, n)`` of ``key`` over the rows at each value of ``x``, in ``x`` order;
+    rows without a number in ``key`` are left out; ``std`` is the sample std (0 for one row)."""
+    at: dict[float, list[float]] = {}
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, int | float) and np.isfinite(v):
+            at.setdefault(r[x], []).append(float(v))
+    return [(xv, float(np.mean(vs)), float(np.std(vs, ddof=1)) if len(vs) > 1 else 0.0,
+             len(vs)) for xv, vs in sorted(at.items())]
+
+
 def error_vs_noise(table: Sequence[dict], path: str, x: str = "noise_level",
                    title: str = "") -> str:
-    """Clean test error against ``x`` (e.g. noise level), one curve per noise model."""
-    fig, ax = plt.subplots(figsize=(5, 3.8))
-    for model in sorted({r["model"] for r in table}):
-        rows = sorted((r for r in table if r["model"] == model), key=lambda r: r[x])
-        ax.plot([r[x] for r in rows], [100 * r["test_error"] for r in rows], "o-", label=model)
+    """Clean test error against ``x`` (e.g. noise level), per noise model: every cell as a dot
+    (one per seed), the mean over seeds as a line with its std as error bars, solid after the
+    last epoch and dashed at the label-free early-stopped epoch (``best_test_error``)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, model in enumerate(sorted({r["model"] for r in table})):
+        rows = [r for r in table if r["model"] == model]
+        color = f"C{i}"
+        for key, style, when in (("test_error", "-", "last epoch"),
+                                 ("best_test_error", "--", "early-stopped")):
+            stats = mean_by_x(rows, x, key)
+            if not stats:
+                continue
+            xs, means, stds, _ = (np.array(c) for c in zip(*stats, strict=True))
+            ax.errorbar(xs, 100 * means, yerr=100 * stds, fmt="o" + style, color=color,
+                        capsize=3, label=f"{model}, {when}")
+            pts = [(r[x], 100 * r[key]) for r in rows if isinstance(r.get(key), int | float)]
+            ax.scatter(*zip(*pts, strict=True), s=10, color=color, alpha=0.4)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel("clean test error (%)")
-    ax.legend()
+    ax.legend(fontsize=7)
     if title:
-        ax.set_title(title)
+        ax.set_title(f"{title} (mean ± std over seeds; dots: cells)")
     return _save(fig, path)
 
 

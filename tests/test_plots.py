@@ -59,3 +59,19 @@ def test_matrix_panels_and_label_issue_grid(tmp_path):
 
     # 3 rows of 4 for 11 images: taller than the 1-row grid of 2.
     assert Image.open(grid).size[1] > Image.open(rgb).size[1]
+
+
+def test_error_vs_noise_draws_the_mean_over_seeds_and_each_cell(tmp_path):
+    table = [{"model": m, "noise_level": lv, "seed": s,
+              "test_error": 0.1 + lv / (2 if m == "learned" else 1) + 0.01 * s,
+              "best_test_error": None if (m, s) == ("none", 2) else 0.1 + 0.01 * s}
+             for m in ("none", "learned") for lv in (0.7, 0.3) for s in range(3)]
+    stats = plots.mean_by_x([r for r in table if r["model"] == "none"], "noise_level",
+                            "test_error")
+    assert [(x, n) for x, _, _, n in stats] == [(0.3, 3), (0.7, 3)]
+    np.testing.assert_allclose([m for _, m, _, _ in stats], [0.41, 0.81])
+    np.testing.assert_allclose([sd for _, _, sd, _ in stats], [0.01, 0.01])
+    best = plots.mean_by_x([r for r in table if r["model"] == "none"], "noise_level",
+                           "best_test_error")
+    assert [n for *_, n in best] == [2, 2]  # the cell without a number is left out
+    assert _is_png(plots.error_vs_noise(table, str(tmp_path / "e.png"), title="t"))
