@@ -231,7 +231,9 @@ def without_keys(variant: str, keys: Sequence[str]) -> str:
     return ",".join(p.strip() for p in parts)
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
+def stats(values: Sequence[float | None]) -> dict[str, float]:
+    """``mean``, sample ``std`` (NaN for fewer than 2) and ``n`` of the numbers in ``values``,
+    None and NaN left out (NaN mean for none)."""
     import numpy as np
 
     v = np.asarray([x for x in values if x is not None and not math.isnan(x)], np.float64)
@@ -267,7 +269,7 @@ def aggregate(table: Sequence[dict[str, Any]], *, over: str = "seed",
         row: dict[str, Any] = {"variant": group, **shared, "n": len(rows)}
         for m in metrics:
             if any(r.get(m) is not None for r in rows):
-                st = _stats([r.get(m) for r in rows])
+                st = stats([r.get(m) for r in rows])
                 row[m], row[f"{m}_std"] = st["mean"], st["std"]
         out.append(row)
     return out
@@ -312,7 +314,7 @@ def gap_closure(table: Sequence[dict[str, Any]], *, by: str = "noise_level",
     for (value, variant), rows in per_seed.items():
         row: dict[str, Any] = {by: value, "variant": variant}
         for field in ("none", "learned", "true", "gap", "gain", "closure"):
-            st = _stats([r[field] for r in rows])
+            st = stats([r[field] for r in rows])
             row[field], row[f"{field}_std"] = st["mean"], st["std"]
         row["n"], row["closure_n"] = len(rows), st["n"]
         row["wins"] = sum(r["gain"] > 0 for r in rows)

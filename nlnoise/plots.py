@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from nlnoise import experiments
+
 
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -130,8 +132,11 @@ def mean_by_x(rows: Sequence[dict], x: str, key: str) -> list[tuple[float, float
         v = r.get(key)
         if isinstance(v, int | float) and np.isfinite(v):
             at.setdefault(r[x], []).append(float(v))
-    return [(xv, float(np.mean(vs)), float(np.std(vs, ddof=1)) if len(vs) > 1 else 0.0,
-             len(vs)) for xv, vs in sorted(at.items())]
+    out = []
+    for xv, vs in sorted(at.items()):
+        st = experiments.stats(vs)
+        out.append((xv, st["mean"], st["std"] if st["n"] > 1 else 0.0, st["n"]))
+    return out
 
 
 def error_vs_noise(table: Sequence[dict], path: str, x: str = "noise_level",

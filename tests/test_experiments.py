@@ -152,6 +152,16 @@ def test_placeholders_reach_the_variant_but_not_the_cell_name(tmp_path):
     assert seen == [(f"{tmp_path}/q.npy", os.path.join(str(tmp_path), "custom"))]
 
 
+def test_stats_leave_out_missing_values_and_need_two_for_a_spread():
+    st = experiments.stats([0.2, None, 0.4, float("nan")])
+    assert st["n"] == 2
+    assert st["mean"] == pytest.approx(0.3)
+    assert st["std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    one = experiments.stats([0.5])
+    assert one["n"] == 1 and one["mean"] == 0.5 and np.isnan(one["std"])
+    assert experiments.stats([None])["n"] == 0
+
+
 def test_gap_closure_matches_the_papers_imagenet_arithmetic():
     table = [{"noise_level": 0.5, "model": "none", "test_error": 0.537},
              {"noise_level": 0.5, "model": "learned", "test_error": 0.452},
