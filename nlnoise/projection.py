@@ -111,7 +111,7 @@ def _row_stats(rows: list[jax.Array], t: jax.Array, first: bool) -> list[jax.Arr
 
 
 def _blocked_stats(v: jax.Array, t: jax.Array, first: bool) -> list[jax.Array]:
-    k, c = v.shape
+    k = v.shape[0]
     dt = v.dtype
     inf = jnp.asarray(jnp.inf, dt)
 
@@ -125,10 +125,12 @@ def _blocked_stats(v: jax.Array, t: jax.Array, first: bool) -> list[jax.Array]:
     def block(x):
         return _row_stats([x[i] for i in range(x.shape[0])], t, first)
 
-    zeros = jnp.zeros((c,), dt)
-    acc = [jnp.zeros((c,), jnp.int32), zeros, zeros, jnp.full((c,), inf)]
+    # Built from a row of ``v`` so that, inside ``shard_map``, the carry varies over the same
+    # mesh axes as the loop's output.
+    zeros = jnp.zeros_like(v[0])
+    acc = [zeros.astype(jnp.int32), zeros, zeros, zeros + inf]
     if first:
-        acc += [jnp.full((c,), -inf), jnp.full((c,), -inf), zeros, zeros]
+        acc += [zeros - inf, zeros - inf, zeros, zeros]
     r = min(ROWS_PER_BLOCK, k)
     full = k // r
     acc = jax.lax.fori_loop(
@@ -246,11 +248,10 @@ def apply_thresholds(v: jax.Array, th: Thresholds, *, rescale: bool | None = Tru
     (a mass above tau beyond ``FAST_MASS``, or none left), in a ``lax.cond`` whose output is
     per column, so the projection stays one elementwise pass that fuses with its consumers.
     """
-    c = v.shape[1]
     if rescale is None:
         fast = jnp.all((th.tau < th.col_max) & (jnp.abs(th.s) <= FAST_MASS))
-        ones = (jnp.ones((c,), v.dtype), jnp.ones((c,), v.dtype))
-        inv, inv_ties = jax.lax.cond(fast, lambda vv, t: ones, _mass_fix, v, th)
+        inv, inv_ties = jax.lax.cond(
+            fast, lambda vv, t: (jnp.ones_like(t.tau), jnp.ones_like(t.tau)), _mass_fix, v, th)
     elif rescale:
         inv, inv_ties = _mass_fix(v, th)
     else:

@@ -365,3 +365,33 @@ def test_fused_q_step_on_q_sharded_by_columns_matches_one_device():
                if any(op in line for op in ("all-gather(", "all-to-all(", "collective-permute("))
                and f"{k}," in line.split("=")[1].split("(")[0]]
     assert not moves_q, moves_q[:3]
+
+
+def test_fused_q_step_inside_shard_map_matches_one_device():
+    """An engineer's own shard_map over Q's columns: each device updates its own columns."""
+    from nlnoise import sharding
+
+    k = 256
+    rng = np.random.default_rng(1)
+    q = jnp.asarray(rng.dirichlet(np.ones(k) * 0.1, size=k).T, jnp.float32)
+    g = _q_grad(q, jnp.asarray(rng.normal(size=(64, k)), jnp.float32),
+                jnp.asarray(rng.integers(0, k, 64)))
+    tx = optim.q_optimizer(0.05, weight_decay=0.1)
+    state = tx.init(q)
+
+    def update(q, g, s):
+        u, s = tx.update(g, s, q)
+        return q + u, s
+
+    want = jax.jit(update)(q, g, state)
+    mesh = sharding.make_mesh(1, 8)
+    cols = sharding.P(None, "model")
+    # Per-column leaves (the thresholds) split with Q's columns; scalars are replicated.
+    specs = jax.tree.map(lambda x: sharding.P("model") if x.ndim == 1 else sharding.P(), state)
+    fn = jax.jit(jax.shard_map(update, mesh=mesh, in_specs=(cols, cols, specs),
+                               out_specs=(cols, specs)))
+    put = lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, s))
+    got = fn(put(q, cols), put(g, cols), jax.tree.map(put, state, specs))
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(optax.tree.get(got[1], "tau")),
+                                  np.asarray(optax.tree.get(want[1], "tau")))

@@ -166,3 +166,21 @@ def test_blocked_column_stats_equal_the_plain_reductions(shape):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6,
                                        err_msg=name)
     assert projection.column_stats(v, t).hi is None
+
+
+def test_thresholds_inside_shard_map_equal_the_unsharded_ones():
+    # Engineers project a column-sharded Q inside their own shard_map: each device searches
+    # its own columns, with no communication, and must find the same thresholds.
+    rng = np.random.default_rng(1)
+    v = jnp.asarray(np.abs(rng.normal(size=(40, 16))) * (rng.random((40, 16)) < 0.3),
+                    jnp.float32)
+    mesh = jax.make_mesh((4,), ("model",))
+    spec = jax.sharding.PartitionSpec(None, "model")
+    sharded = jax.device_put(v, jax.sharding.NamedSharding(mesh, spec))
+    for blocked in (True, False):
+        fn = jax.jit(jax.shard_map(
+            lambda x, b=blocked: projection.simplex_thresholds(x, blocked=b).tau, mesh=mesh,
+            in_specs=spec, out_specs=jax.sharding.PartitionSpec("model")))
+        np.testing.assert_array_equal(
+            np.asarray(fn(sharded)),
+            np.asarray(projection.simplex_thresholds(v, blocked=blocked).tau))
