@@ -292,6 +292,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
 
     _number(cfg, "seed", lo=0, integer=True)
     _number(cfg, "batch_size", lo=1, integer=True)
+    if "eval_batch_size" in cfg.get("dataset", {}):
+        _number(cfg, "dataset.eval_batch_size", lo=1, integer=True)
     _number(cfg, "num_epochs", lo=1, integer=True)
     _number(cfg, "max_steps", lo=0, integer=True)
     if not isinstance(cfg.compilation_cache_dir, str):
@@ -409,10 +411,16 @@ def _validate_mesh(cfg, num_devices: int | None) -> None:
     data, model = cfg.mesh.data, cfg.mesh.model
     if data == 0:
         raise _err("mesh.data", "must be >= 1, or -1 for all devices not used by mesh.model.")
+    # Evaluation splits its batches over ``data`` too; without this check an indivisible
+    # eval_batch_size fails inside jax at the first evaluation, after an epoch of training.
+    batches = [("batch_size", cfg.batch_size)]
+    if "eval_batch_size" in cfg.get("dataset", {}):
+        batches.append(("dataset.eval_batch_size", cfg.dataset.eval_batch_size))
     if num_devices == 0:
-        if data > 0 and cfg.batch_size % data:
-            raise _err("batch_size", f"{cfg.batch_size} is not divisible by mesh.data={data}; "
-                       f"use a multiple of {data}.")
+        for field, size in batches:
+            if data > 0 and size % data:
+                raise _err(field, f"{size} is not divisible by mesh.data={data}; "
+                           f"use a multiple of {data}.")
         return
     devices = jax.device_count() if num_devices is None else num_devices
     if devices % model and cfg.mesh.data == -1:
@@ -421,9 +429,10 @@ def _validate_mesh(cfg, num_devices: int | None) -> None:
     if data * model > devices or (data * model < devices and jax.process_count() > 1):
         raise _err("mesh", f"data x model = {data} x {model} = {data * model}, but there are "
                    f"{devices} devices; set mesh.data=-1 to use them all.")
-    if cfg.batch_size % data:
-        raise _err("batch_size", f"{cfg.batch_size} is not divisible by the {data} devices on "
-                   f"the mesh's data axis; use a multiple of {data}.")
+    for field, size in batches:
+        if size % data:
+            raise _err(field, f"{size} is not divisible by the {data} devices on the mesh's "
+                       f"data axis; use a multiple of {data}.")
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:

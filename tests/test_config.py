@@ -100,6 +100,8 @@ BAD = [
     ("q.plateau_tolerance", -0.1, "q.plateau_tolerance"),
     ("batch_size", 0, "batch_size"),
     ("batch_size", 100, "batch_size"),  # not divisible by 8 devices
+    ("dataset.eval_batch_size", 0, "dataset.eval_batch_size"),
+    ("dataset.eval_batch_size", 500, "dataset.eval_batch_size"),  # not divisible by 8
     ("learning_rate", 0.0, "learning_rate"),
     ("momentum", 1.0, "momentum"),
     ("num_epochs", 0, "num_epochs"),
