@@ -113,9 +113,18 @@ class QStepState(NamedTuple):
 
 def _fused_leaf(q: jax.Array, u: jax.Array, tau: jax.Array, s: jax.Array, lr: jax.Array,
                 kind: str) -> tuple[jax.Array, jax.Array]:
-    y = q + (-lr) * (u + (s * _regularizer_grad(kind, q)).astype(u.dtype))
-    th = simplex_thresholds(y, tau)
-    return apply_thresholds(y, th, rescale=None) - q, th.tau
+    def pre_projection(q, u):
+        return q + (-lr) * (u + (s * _regularizer_grad(kind, q)).astype(u.dtype))
+
+    if kind != "weight_decay":
+        # The trace's gradient depends on the row index, which a block of rows does not know.
+        y = pre_projection(q, u)
+        th = simplex_thresholds(y, tau)
+        return apply_thresholds(y, th, rescale=None) - q, th.tau
+    # Formed inside every read and in the output pass rather than once: a [K, K] temporary
+    # is a fresh buffer per step, whose page faults cost more passes than recomputing it.
+    th = simplex_thresholds((q, u), tau, values=pre_projection)
+    return apply_thresholds((q, u), th, rescale=None, values=pre_projection) - q, th.tau
 
 
 def decay_step_project(strength: float, kind: str, learning_rate: ScalarOrSchedule

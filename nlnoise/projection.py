@@ -20,10 +20,18 @@ enough to stay in cache and computes every statistic of a step from one read.
 the optimizer state by :func:`nlnoise.optim.q_optimizer`), checks in its first pass whether the
 Newton step from there already lands on the root, and falls back to Newton steps from the best
 lower bound when it does not.
+
+The values whose columns are projected may also be given as an elementwise map of several
+``[K, C]`` operands (``values=fn`` with ``v`` a tuple, e.g. Q and its gradient for the
+pre-projection values of a step): each read then forms them block by block, and the projection
+forms them again in its single output pass, so no ``[K, C]`` temporary is ever written. At
+K = 21841 such a temporary is a fresh 1.9 GB buffer per step, and on CPU its page faults alone
+cost several passes over Q.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -110,9 +118,30 @@ def _row_stats(rows: list[jax.Array], t: jax.Array, first: bool) -> list[jax.Arr
     return out
 
 
-def _blocked_stats(v: jax.Array, t: jax.Array, first: bool) -> list[jax.Array]:
-    k = v.shape[0]
-    dt = v.dtype
+# The columns a search reads: one ``[K, C]`` array, or ``(operands, fn)`` with the values
+# ``fn(*operands)`` formed where they are read.
+Operands = tuple[jax.Array, ...]
+ValuesFn = Callable[..., jax.Array]
+
+
+def _as_operands(v: jax.Array | Operands, values: ValuesFn | None
+                 ) -> tuple[Operands, ValuesFn]:
+    if values is None:
+        if isinstance(v, tuple | list):
+            raise ValueError("v: a tuple of operands needs values=, the elementwise map that "
+                             "forms the columns from them.")
+        return (v,), lambda x: x
+    ops = tuple(v) if isinstance(v, tuple | list) else (v,)
+    if len({o.shape for o in ops}) != 1 or len(ops[0].shape) != 2:
+        raise ValueError(f"v: the operands of values= must be 2-D arrays of one shape, got "
+                         f"shapes {[o.shape for o in ops]}.")
+    return ops, values
+
+
+def _blocked_stats(ops: Operands, fn: ValuesFn, t: jax.Array, first: bool
+                   ) -> list[jax.Array]:
+    k = ops[0].shape[0]
+    dt = jax.eval_shape(fn, *ops).dtype
     inf = jnp.asarray(jnp.inf, dt)
 
     def combine(acc, part):
@@ -127,7 +156,7 @@ def _blocked_stats(v: jax.Array, t: jax.Array, first: bool) -> list[jax.Array]:
 
     # Built from a row of ``v`` so that, inside ``shard_map``, the carry varies over the same
     # mesh axes as the loop's output.
-    zeros = jnp.zeros_like(v[0])
+    zeros = jnp.zeros_like(ops[0][0], dtype=dt)
     acc = [zeros.astype(jnp.int32), zeros, zeros, zeros + inf]
     if first:
         acc += [zeros - inf, zeros - inf, zeros, zeros]
@@ -135,26 +164,30 @@ def _blocked_stats(v: jax.Array, t: jax.Array, first: bool) -> list[jax.Array]:
     full = k // r
     acc = jax.lax.fori_loop(
         0, full,
-        lambda i, a: combine(a, block(jax.lax.dynamic_slice_in_dim(v, i * r, r, axis=0))), acc)
+        lambda i, a: combine(a, block(fn(*(jax.lax.dynamic_slice_in_dim(o, i * r, r, axis=0)
+                                           for o in ops)))), acc)
     if k % r:
-        acc = combine(acc, block(v[full * r:]))
+        acc = combine(acc, block(fn(*(o[full * r:] for o in ops))))
     # Drop the compensation terms.
     return [acc[0], acc[1], acc[3], acc[4], acc[5], acc[6]] if first else [acc[0], acc[1], acc[3]]
 
 
-def column_stats(v: jax.Array, t: jax.Array, *, first: bool = False,
-                 blocked: bool | None = None) -> ColumnStats:
+def column_stats(v: jax.Array | Operands, t: jax.Array, *, first: bool = False,
+                 blocked: bool | None = None, values: ValuesFn | None = None) -> ColumnStats:
     """:class:`ColumnStats` of ``v`` ``[K, C]`` at thresholds ``t`` ``[C]``, reading ``v`` once.
 
     ``blocked`` (default: on the CPU backend) scans the rows in blocks of ``ROWS_PER_BLOCK``
     whose statistics are one elementwise loop: XLA:CPU otherwise writes the operand of each
     reduction over rows to memory and reads it back. Other backends fuse the plain reductions
-    into one read of ``v``.
+    into one read of ``v``. ``values``: an elementwise map; ``v`` is then a tuple of ``[K, C]``
+    operands and the statistics are those of ``values(*v)``, formed as they are read.
     """
+    ops, fn = _as_operands(v, values)
     if blocked is None:
         blocked = jax.default_backend() == "cpu"
     if blocked:
-        return ColumnStats(*_blocked_stats(v, t, first))
+        return ColumnStats(*_blocked_stats(ops, fn, t, first))
+    v = fn(*ops)
     inf = jnp.asarray(jnp.inf, v.dtype)
     above = v > t
     out = [jnp.sum(above, axis=0, dtype=jnp.int32), jnp.sum(jnp.where(above, v, 0), axis=0),
@@ -180,9 +213,9 @@ class Thresholds(NamedTuple):
     passes: jax.Array
 
 
-def simplex_thresholds(v: jax.Array, start: jax.Array | None = None, *,
-                       max_iter: int = NEWTON_MAX_ITER, blocked: bool | None = None
-                       ) -> Thresholds:
+def simplex_thresholds(v: jax.Array | Operands, start: jax.Array | None = None, *,
+                       max_iter: int = NEWTON_MAX_ITER, blocked: bool | None = None,
+                       values: ValuesFn | None = None) -> Thresholds:
     """Exact simplex thresholds of every column of ``v`` ``[K, C]``, sort-free.
 
     ``start`` ``[C]`` is any guess (``-inf`` or None: none). The first pass evaluates ``f`` at
@@ -190,13 +223,15 @@ def simplex_thresholds(v: jax.Array, start: jax.Array | None = None, *,
     ``start`` and that step, ``f`` is linear in between and the step is the root. Otherwise
     each column continues with Newton steps from the best lower bound it has (the step itself,
     ``max - 1`` or ``(sum - 1) / K``) until its support stops changing: one read of ``v`` per
-    step for all columns, in a ``lax.while_loop`` of at most ``max_iter`` steps. ``blocked``:
-    see :func:`column_stats`.
+    step for all columns, in a ``lax.while_loop`` of at most ``max_iter`` steps. ``blocked`` and
+    ``values`` (``v`` a tuple of operands, the columns ``values(*v)`` formed where they are
+    read): see :func:`column_stats`.
     """
-    k, c = v.shape
-    dt = v.dtype
+    ops, fn = _as_operands(v, values)
+    k, c = ops[0].shape
+    dt = jax.eval_shape(fn, *ops).dtype
     t0 = jnp.full((c,), -jnp.inf, dt) if start is None else jnp.asarray(start, dt)
-    st = column_stats(v, t0, first=True, blocked=blocked)
+    st = column_stats(ops, t0, first=True, blocked=blocked, values=fn)
     has = st.n > 0
     step = jnp.where(has, (st.s - 1) / jnp.where(has, st.n, 1).astype(dt), st.col_max - 1)
     exact = has & (st.hi <= step) & (step < st.lo)
@@ -209,7 +244,7 @@ def simplex_thresholds(v: jax.Array, start: jax.Array | None = None, *,
 
     def body(carry):
         tau, n, s, done, i = carry
-        it = column_stats(v, tau, blocked=blocked)
+        it = column_stats(ops, tau, blocked=blocked, values=fn)
         new = jnp.maximum(tau, (it.s - 1) / jnp.maximum(it.n, 1).astype(dt))
         # Exact once no entry lies in (tau, new]; ``new <= tau`` is a float32 stall at the root.
         stop = (new < it.lo) | (new <= tau) | jnp.isnan(new)
@@ -231,14 +266,16 @@ def _project_columns_sort(q: jax.Array) -> jax.Array:
 FAST_MASS = 8.0
 
 
-def _mass_fix(v: jax.Array, th: Thresholds) -> tuple[jax.Array, jax.Array]:
+def _mass_fix(ops: Operands, fn: ValuesFn, th: Thresholds) -> tuple[jax.Array, jax.Array]:
     # Per column: 1 / the mass left above tau (0 if none), 1 / the entries tied at the max.
+    v = fn(*ops)
     total = jnp.sum(jnp.maximum(v - th.tau, 0), axis=0)
     inv = jnp.where(total > 0, 1 / jnp.where(total > 0, total, 1), 0)
     return inv, 1 / jnp.sum(v == th.col_max, axis=0).astype(v.dtype)
 
 
-def apply_thresholds(v: jax.Array, th: Thresholds, *, rescale: bool | None = True) -> jax.Array:
+def apply_thresholds(v: jax.Array | Operands, th: Thresholds, *, rescale: bool | None = True,
+                     values: ValuesFn | None = None) -> jax.Array:
     """The projection ``max(v - tau, 0)`` of every column of ``v`` ``[K, C]`` given its thresholds.
 
     ``rescale=True`` divides each column by its mass, which keeps it non-negative and puts the
@@ -247,15 +284,20 @@ def apply_thresholds(v: jax.Array, th: Thresholds, *, rescale: bool | None = Tru
     takes two more reads of ``v``. ``rescale=None`` takes them only when some column needs them
     (a mass above tau beyond ``FAST_MASS``, or none left), in a ``lax.cond`` whose output is
     per column, so the projection stays one elementwise pass that fuses with its consumers.
+    ``values``: ``v`` is a tuple of operands and the columns are ``values(*v)``, formed in that
+    pass (see :func:`column_stats`).
     """
+    ops, fn = _as_operands(v, values)
     if rescale is None:
         fast = jnp.all((th.tau < th.col_max) & (jnp.abs(th.s) <= FAST_MASS))
         inv, inv_ties = jax.lax.cond(
-            fast, lambda vv, t: (jnp.ones_like(t.tau), jnp.ones_like(t.tau)), _mass_fix, v, th)
+            fast, lambda o, t: (jnp.ones_like(t.tau), jnp.ones_like(t.tau)),
+            lambda o, t: _mass_fix(o, fn, t), ops, th)
     elif rescale:
-        inv, inv_ties = _mass_fix(v, th)
+        inv, inv_ties = _mass_fix(ops, fn, th)
     else:
-        return jnp.maximum(v - th.tau, 0)
+        return jnp.maximum(fn(*ops) - th.tau, 0)
+    v = fn(*ops)
     return jnp.where(inv > 0, jnp.maximum(v - th.tau, 0) * inv, (v == th.col_max) * inv_ties)
 
 

@@ -184,3 +184,38 @@ def test_thresholds_inside_shard_map_equal_the_unsharded_ones():
         np.testing.assert_array_equal(
             np.asarray(fn(sharded)),
             np.asarray(projection.simplex_thresholds(v, blocked=blocked).tau))
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+def test_values_formed_from_operands_equal_the_materialised_ones(blocked):
+    # The Q step searches and projects q - lr * (g + wd * q) without writing it out first;
+    # the result must be that of projecting the materialised values, to float32 rounding (XLA
+    # may contract the map into fused multiply-adds differently in the two programs).
+    rng = np.random.default_rng(2)
+    q = jnp.asarray(rng.dirichlet(np.ones(37) * 0.2, size=29).T, jnp.float32)  # 37 x 29
+    g = jnp.asarray(-np.abs(rng.normal(size=q.shape)) * (rng.random(q.shape) < 0.3),
+                    jnp.float32)
+
+    def pre(q, g):
+        return q + (-0.05) * (g + 0.1 * q)
+
+    y = pre(q, g)
+    start = jnp.asarray(rng.normal(size=29) * 0.01, jnp.float32)
+    want = projection.simplex_thresholds(y, start, blocked=blocked)
+    got = projection.simplex_thresholds((q, g), start, blocked=blocked, values=pre)
+    np.testing.assert_array_equal(np.asarray(got.n), np.asarray(want.n))
+    for name in ("tau", "s", "col_max"):
+        np.testing.assert_allclose(np.asarray(getattr(got, name)), np.asarray(getattr(want, name)),
+                                   rtol=1e-6, atol=1e-9, err_msg=name)
+    for rescale in (None, True, False):
+        np.testing.assert_allclose(
+            np.asarray(projection.apply_thresholds((q, g), got, rescale=rescale, values=pre)),
+            np.asarray(projection.apply_thresholds(y, want, rescale=rescale)), rtol=0, atol=1e-7)
+
+
+def test_operands_without_values_or_of_mixed_shapes_are_refused():
+    q = jnp.ones((4, 3))
+    with pytest.raises(ValueError, match="values="):
+        projection.simplex_thresholds((q, q))
+    with pytest.raises(ValueError, match="one shape"):
+        projection.simplex_thresholds((q, jnp.ones((4, 2))), values=lambda a, b: a)
