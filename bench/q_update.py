@@ -15,7 +15,9 @@
   alternation) in the same passes, and how many reads of Q it took; and two floors in the
   same alternation: one read of the search (``projection.column_stats`` at one threshold, the
   least an exact update reads besides its output pass) and XLA's own column sum
-  (``jnp.sum(q, axis=0)``), which shows why the search reads in row blocks.
+  (``jnp.sum(q, axis=0)``), which shows why the search reads in row blocks. And the same
+  exact update with its pre-projection values written out first as a ``[K, K]`` array (the
+  form ``decay_step_project`` avoids), over the update, in the same alternation.
 * **Share of an AlexNet step.** The Q update at K = 1000 over nlnoise's jitted AlexNet train
   step (learned Q, K = 1000, batch ``--alexnet-batch``, 128 as Krizhevsky et al.), alternated.
   Target <= 5%.
@@ -95,6 +97,13 @@ def passes(k: int, repeats: int, warm_steps: int) -> dict[str, Any]:
     find = jax.jit(lambda y, t: projection.simplex_thresholds(y, t).tau)
     search = int(projection.simplex_thresholds(y, tau).passes)
     read = jax.jit(lambda y, t: projection.column_stats(y, t).n)
+
+    def materialised(q, g, t):
+        v = q + (-LR) * (g + WEIGHT_DECAY * q)
+        th = projection.simplex_thresholds(v, t)
+        return projection.apply_thresholds(v, th, rescale=None), th.tau
+
+    written_out = jax.jit(materialised, donate_argnums=(0,))
     col_sum = jax.jit(lambda y: jnp.sum(y, axis=0))
     copy = jax.jit(lambda x: x * 1)
     scale = jax.jit(lambda x: x * 0.99, donate_argnums=(0,))
@@ -131,7 +140,17 @@ def passes(k: int, repeats: int, warm_steps: int) -> dict[str, Any]:
             return time.perf_counter() - t0
         return run
 
+    def run_written_out(n: int) -> float:
+        total = 0.0
+        for _ in range(n):
+            qq = jax.block_until_ready(copy(q))
+            t0 = time.perf_counter()
+            jax.block_until_ready(written_out(qq, g, tau))
+            total += time.perf_counter() - t0
+        return total
+
     runs = {"update": run_update, "pass": run_scale, "search": run_search,
+            "written_out": run_written_out,
             "one_read": timer(lambda: read(y, tau)), "xla_col_sum": timer(lambda: col_sum(y))}
     for fn in runs.values():
         fn(1)
@@ -142,11 +161,13 @@ def passes(k: int, repeats: int, warm_steps: int) -> dict[str, Any]:
            "search_reads": search,
            "one_read_passes": bl.paired_ratio(times, "one_read", "pass"),
            "xla_col_sum_passes": bl.paired_ratio(times, "xla_col_sum", "pass"),
+           "update_over_written_out": bl.paired_ratio(times, "update", "written_out"),
            "support_mean": float(jnp.mean(jnp.sum(q > 0, axis=0)))}
     print(f"K={k:6d} update {bl.median(times['update']) * 1e3:9.1f} ms  pass "
           f"{bl.median(times['pass']) * 1e3:8.1f} ms  update/pass {out['passes']:6.2f}  "
           f"of which the search {out['search_passes']:6.2f} ({search} reads); one read "
-          f"{out['one_read_passes']:.2f}, XLA's column sum {out['xla_col_sum_passes']:.2f}",
+          f"{out['one_read_passes']:.2f}, XLA's column sum {out['xla_col_sum_passes']:.2f}; "
+          f"update / values written out {out['update_over_written_out']:.2f}",
           flush=True)
     jax.clear_caches()
     return out

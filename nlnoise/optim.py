@@ -111,18 +111,24 @@ class QStepState(NamedTuple):
     tau: Any
 
 
+# Size of Q from which the fused step forms its pre-projection values inside every read and in
+# the output pass instead of writing them out once: a temporary that large is a fresh buffer
+# per step, whose page faults cost more than recomputing the values; below it, recomputing
+# costs more. bench/q_update.py, same run: the in-read form takes 1.28x the time at K = 1024
+# and 2048, 1.08x at 4096 (64 MiB) and 0.68x at 21841 (docs/performance.md, 18.1).
+FORM_IN_READS_MIN_BYTES = 128 << 20
+
+
 def _fused_leaf(q: jax.Array, u: jax.Array, tau: jax.Array, s: jax.Array, lr: jax.Array,
                 kind: str) -> tuple[jax.Array, jax.Array]:
     def pre_projection(q, u):
         return q + (-lr) * (u + (s * _regularizer_grad(kind, q)).astype(u.dtype))
 
-    if kind != "weight_decay":
-        # The trace's gradient depends on the row index, which a block of rows does not know.
+    # The trace's gradient depends on the row index, which a block of rows does not know.
+    if kind != "weight_decay" or q.size * q.dtype.itemsize < FORM_IN_READS_MIN_BYTES:
         y = pre_projection(q, u)
         th = simplex_thresholds(y, tau)
         return apply_thresholds(y, th, rescale=None) - q, th.tau
-    # Formed inside every read and in the output pass rather than once: a [K, K] temporary
-    # is a fresh buffer per step, whose page faults cost more passes than recomputing it.
     th = simplex_thresholds((q, u), tau, values=pre_projection)
     return apply_thresholds((q, u), th, rescale=None, values=pre_projection) - q, th.tau
 

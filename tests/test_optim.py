@@ -251,7 +251,12 @@ def _sorted_chain(lr, wd, regularizer="weight_decay", momentum=None):
     ((64, 64), "weight_decay", None), ((200, 200), "weight_decay", 0.9),
     ((40, 48), "trace", None),  # stored with padding columns, as sharding.pad_q does
 ])
-def test_fused_q_step_matches_the_sorted_chain_step_by_step(shape, regularizer, momentum):
+@pytest.mark.parametrize("form_in_reads", [False, True])
+def test_fused_q_step_matches_the_sorted_chain_step_by_step(shape, regularizer, momentum,
+                                                            form_in_reads, monkeypatch):
+    # Both forms of the step: values written out (small Q) and formed inside every read.
+    if form_in_reads:
+        monkeypatch.setattr(optim, "FORM_IN_READS_MIN_BYTES", 0)
     k, stored = shape
     lr = optax.piecewise_constant_schedule(0.05, {4: 0.5})
     fused = optim.q_optimizer(lr, weight_decay=0.1, momentum=momentum, regularizer=regularizer)
@@ -329,15 +334,20 @@ def test_fused_q_step_survives_a_huge_gradient():
     np.testing.assert_allclose(new[[5, 6], 1], 0.5, atol=1e-6)  # two tied maxima share it
 
 
+def _sparse_q_and_grad(k: int, seed: int) -> tuple[jax.Array, jax.Array]:
+    """A column-stochastic Q with mostly tiny entries, and the noisy loss's gradient at it."""
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.dirichlet(np.ones(k) * 0.1, size=k).T, jnp.float32)
+    return q, _q_grad(q, jnp.asarray(rng.normal(size=(64, k)), jnp.float32),
+                      jnp.asarray(rng.integers(0, k, 64)))
+
+
 def test_fused_q_step_on_q_sharded_by_columns_matches_one_device():
     """Q split by columns over the model axis: same result, and no collective moves Q."""
     from nlnoise import sharding
 
     k = 256
-    rng = np.random.default_rng(0)
-    q = jnp.asarray(rng.dirichlet(np.ones(k) * 0.1, size=k).T, jnp.float32)
-    g = _q_grad(q, jnp.asarray(rng.normal(size=(64, k)), jnp.float32),
-                jnp.asarray(rng.integers(0, k, 64)))
+    q, g = _sparse_q_and_grad(k, seed=0)
     tx = optim.q_optimizer(0.05, weight_decay=0.1, freeze_steps=2)
     state = tx.init(q)
     mesh = sharding.make_mesh(2, 4)
@@ -371,11 +381,7 @@ def test_fused_q_step_inside_shard_map_matches_one_device():
     """An engineer's own shard_map over Q's columns: each device updates its own columns."""
     from nlnoise import sharding
 
-    k = 256
-    rng = np.random.default_rng(1)
-    q = jnp.asarray(rng.dirichlet(np.ones(k) * 0.1, size=k).T, jnp.float32)
-    g = _q_grad(q, jnp.asarray(rng.normal(size=(64, k)), jnp.float32),
-                jnp.asarray(rng.integers(0, k, 64)))
+    q, g = _sparse_q_and_grad(256, seed=1)
     tx = optim.q_optimizer(0.05, weight_decay=0.1)
     state = tx.init(q)
 
