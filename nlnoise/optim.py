@@ -114,8 +114,8 @@ class QStepState(NamedTuple):
 # Size of Q from which the fused step forms its pre-projection values inside every read and in
 # the output pass instead of writing them out once: a temporary that large is a fresh buffer
 # per step, whose page faults cost more than recomputing the values; below it, recomputing
-# costs more. bench/q_update.py, same run: the in-read form takes 1.28x the time at K = 1024
-# and 2048, 1.08x at 4096 (64 MiB) and 0.68x at 21841 (docs/performance.md, 18.1).
+# costs more. bench/q_update.py, in-read over written-out time in one run: 1.28 at K = 1024
+# and 2048, 1.08 at 4096 (64 MiB), 0.54 at 21841 (median of 3; docs/performance.md, 18.1).
 FORM_IN_READS_MIN_BYTES = 128 << 20
 
 
