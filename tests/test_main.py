@@ -121,9 +121,11 @@ def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_same_command_resumes(tmp_pa
     import time
 
     d = tmp_path / "w"
+    # 60 epochs (1320 steps): with a warm compilation cache runlocal's 10 epochs can end before
+    # the signal sent at the first checkpoint arrives, and the run then rightly exits 0.
     args = [sys.executable, "-m", "nlnoise.main", "--config=configs/digits.py:runlocal",
             f"--workdir={d}", "--config.progress_bar=False", "--config.mesh.data=1",
-            "--config.checkpoint_every_steps=10"]
+            "--config.checkpoint_every_steps=10", "--config.num_epochs=60"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     resumed_past = 0
     for sig, code, said in ((signal.SIGINT, 130, "Ctrl-C (SIGINT)"),
