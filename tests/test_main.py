@@ -122,8 +122,14 @@ def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_same_command_resumes(tmp_pa
 
     d = tmp_path / "w"
     # 60 epochs (1320 steps): with a warm compilation cache runlocal's 10 epochs can end before
-    # the signal sent at the first checkpoint arrives, and the run then rightly exits 0.
-    args = [sys.executable, "-m", "nlnoise.main", "--config=configs/digits.py:runlocal",
+    # the signal sent at the first checkpoint arrives, and the run then rightly exits 0. The
+    # child gets SIGINT's default disposition, as at a terminal: a suite started in the
+    # background by a shell without job control passes SIGINT on as ignored, and Python then
+    # rightly leaves it ignored.
+    as_at_a_terminal = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                        "os.execv(sys.executable, [sys.executable, '-m', 'nlnoise.main', "
+                        "*sys.argv[1:]])")
+    args = [sys.executable, "-c", as_at_a_terminal, "--config=configs/digits.py:runlocal",
             f"--workdir={d}", "--config.progress_bar=False", "--config.mesh.data=1",
             "--config.checkpoint_every_steps=10", "--config.num_epochs=60"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
