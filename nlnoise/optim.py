@@ -126,11 +126,11 @@ def _fused_leaf(q: jax.Array, u: jax.Array, tau: jax.Array, s: jax.Array, lr: ja
 
     # The trace's gradient depends on the row index, which a block of rows does not know.
     if kind != "weight_decay" or q.size * q.dtype.itemsize < FORM_IN_READS_MIN_BYTES:
-        y = pre_projection(q, u)
-        th = simplex_thresholds(y, tau)
-        return apply_thresholds(y, th, rescale=None) - q, th.tau
-    th = simplex_thresholds((q, u), tau, values=pre_projection)
-    return apply_thresholds((q, u), th, rescale=None, values=pre_projection) - q, th.tau
+        v, values = pre_projection(q, u), None
+    else:
+        v, values = (q, u), pre_projection
+    th = simplex_thresholds(v, tau, values=values)
+    return apply_thresholds(v, th, rescale=None, values=values) - q, th.tau
 
 
 def decay_step_project(strength: float, kind: str, learning_rate: ScalarOrSchedule

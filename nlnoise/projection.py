@@ -24,9 +24,9 @@ lower bound when it does not.
 The values whose columns are projected may also be given as an elementwise map of several
 ``[K, C]`` operands (``values=fn`` with ``v`` a tuple, e.g. Q and its gradient for the
 pre-projection values of a step): each read then forms them block by block, and the projection
-forms them again in its single output pass, so no ``[K, C]`` temporary is ever written. At
-K = 21841 such a temporary is a fresh 1.9 GB buffer per step, and on CPU its page faults alone
-cost several passes over Q.
+forms them again in its single output pass, so no ``[K, C]`` temporary is written (the rare
+rescaling of :func:`apply_thresholds` aside). At K = 21841 such a temporary is a fresh 1.9 GB
+buffer per step, and on CPU its page faults alone cost several passes over Q.
 """
 
 from __future__ import annotations
