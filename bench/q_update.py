@@ -10,9 +10,12 @@
   as the paper's ImageNet noise; the timed update uses a fresh gradient of the same kind and
   starts its threshold search where the trajectory left it. Q is stored as nlnoise stores it
   (``sharding.q_storage_columns``). Targets: <= 3 passes at K = 21841 (ImageNet-22k);
-  K = 4096 and 8192 show the trend. Also reported: the threshold search alone
-  (``projection.simplex_thresholds`` on the pre-projection values, timed in the same
-  alternation) in the same passes, and how many reads of Q it took; and two floors in the
+  K = 4096 and 8192 show the trend. Also reported: whether the timed update found its
+  thresholds from the support (``nlnoise.support``) rather than by the search over Q, how many
+  warm steps did, and the largest support (entries above zero) of a column; the full threshold
+  search alone (``projection.simplex_thresholds`` on the pre-projection values, the step's
+  fallback, timed in the same alternation) in the same passes, and how many reads of Q it
+  took; and two floors in the
   same alternation: one read of the search (``projection.column_stats`` at one threshold, the
   least an exact update reads besides its output pass) and XLA's own column sum
   (``jnp.sum(q, axis=0)``), which shows why the search reads in row blocks. And the same
@@ -23,6 +26,7 @@
   Target <= 5%.
 
     .venv/bin/python bench/q_update.py [--quick] [--ks 4096 8192 21841] [--alexnet-batch 128]
+    .venv/bin/python bench/q_update.py --ks 21841 --growth 60   # the support along 60 steps
 
 ``--quick`` takes fewer warm-up steps and skips the AlexNet share.
 """
@@ -44,7 +48,7 @@ BATCH = 128
 LR, WEIGHT_DECAY = 0.01, 0.1  # AlexNet's learning rate (configs/imagenet_alexnet.py), paper's decay
 
 
-def _trajectory(k: int, warm_steps: int, seed: int = 0):
+def _trajectory(k: int, warm_steps: int, seed: int = 0, report=None):
     """Q after ``warm_steps`` learned-Q steps from the identity, its optimizer state, a fresh
     gradient, and the jitted update ``(q, g, state) -> (q, state)`` (q and state donated)."""
     import jax
@@ -76,11 +80,23 @@ def _trajectory(k: int, warm_steps: int, seed: int = 0):
         return q + u, st
 
     upd = jax.jit(update, donate_argnums=(0, 2))
-    for _ in range(warm_steps):
+    for i in range(warm_steps):
         q, state = upd(q, grad(q, *batch()), state)
+        if report is not None:
+            report(i + 1, q, state)
     g = grad(q, *batch())
     jax.block_until_ready((q, g, state))
     return q, g, state, upd
+
+
+def _steps_from_support(state, upd, q, g, copy) -> bool:
+    """Whether the timed update took its thresholds from the support (not the search)."""
+    import jax
+    import optax
+
+    before = int(optax.tree.get(state, "support").fast)
+    _, st = upd(copy(q), g, jax.tree.map(copy, state))
+    return int(optax.tree.get(st, "support").fast) > before
 
 
 def passes(k: int, repeats: int, warm_steps: int) -> dict[str, Any]:
@@ -89,7 +105,7 @@ def passes(k: int, repeats: int, warm_steps: int) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
-    from nlnoise import projection
+    from nlnoise import projection, support
 
     q, g, state, upd = _trajectory(k, warm_steps)
     tau = optax.tree.get(state, "tau")
@@ -108,7 +124,7 @@ def passes(k: int, repeats: int, warm_steps: int) -> dict[str, Any]:
 
     written_out = jax.jit(materialised, donate_argnums=(0,))
     col_sum = jax.jit(lambda y: jnp.sum(y, axis=0))
-    copy = jax.jit(lambda x: x * 1)
+    copy = jax.jit(jnp.copy)
     scale = jax.jit(lambda x: x * 0.99, donate_argnums=(0,))
     holder = {"scaled": copy(q)}
 
@@ -146,7 +162,12 @@ def passes(k: int, repeats: int, warm_steps: int) -> dict[str, Any]:
             total += time.perf_counter() - t0
         return total
 
+    sup = optax.tree.get(state, "support")
+    small = jax.jit(lambda q, g, s, t: support.thresholds(q, g, pre_projection, s, t, BATCH))
+    touched = jax.jit(lambda g: jnp.einsum("ij,ij->i", g, g) != 0)
     runs = {"update": run_update, "pass": run_scale, "search": timer(lambda: find(y, tau)),
+            "support": timer(lambda: small(q, g, sup, tau)),
+            "touched": timer(lambda: touched(g)),
             "written_out": run_written_out,
             "one_read": timer(lambda: read(y, tau)), "xla_col_sum": timer(lambda: col_sum(y))}
     for fn in runs.values():
@@ -156,27 +177,58 @@ def passes(k: int, repeats: int, warm_steps: int) -> dict[str, Any]:
            "times": bl.summarize(times), "passes": bl.paired_ratio(times, "update", "pass"),
            "search_passes": bl.paired_ratio(times, "search", "pass"),
            "search_reads": search,
+           "support_passes": bl.paired_ratio(times, "support", "pass"),
+           "touched_passes": bl.paired_ratio(times, "touched", "pass"),
            "one_read_passes": bl.paired_ratio(times, "one_read", "pass"),
            "xla_col_sum_passes": bl.paired_ratio(times, "xla_col_sum", "pass"),
            "update_over_written_out": bl.paired_ratio(times, "update", "written_out"),
-           "support_mean": float(jnp.mean(jnp.sum(q > 0, axis=0)))}
+           "support_mean": float(jnp.mean(jnp.sum(q > 0, axis=0))),
+           "support_max": int(jnp.max(jnp.sum(q > 0, axis=0)[:k])),
+           "steps_from_support": _steps_from_support(state, upd, q, g, copy),
+           "warm_steps_from_support": int(optax.tree.get(state, "support").fast)}
     print(f"K={k:6d} update {bl.median(times['update']) * 1e3:9.1f} ms  pass "
           f"{bl.median(times['pass']) * 1e3:8.1f} ms  update/pass {out['passes']:6.2f}  "
           f"of which the search {out['search_passes']:6.2f} ({search} reads); one read "
           f"{out['one_read_passes']:.2f}, XLA's column sum {out['xla_col_sum_passes']:.2f}; "
-          f"update / values written out {out['update_over_written_out']:.2f}",
+          f"update / values written out {out['update_over_written_out']:.2f}; the support's "
+          f"search and next lists {out['support_passes']:.2f}, of which finding the touched rows"
+          f" {out['touched_passes']:.2f}; thresholds from "
+          f"the support: {out['steps_from_support']} (warm steps {out['warm_steps_from_support']}"
+          f"/{warm_steps}), support max {out['support_max']}",
           flush=True)
     jax.clear_caches()
+    return out
+
+
+def support_growth(k: int, steps: int) -> list[dict[str, Any]]:
+    """The largest support of a column and the steps that took their thresholds from the
+    support, every 5 steps of the benchmark's trajectory."""
+    import jax.numpy as jnp
+    import optax
+
+    out = []
+
+    def report(n, q, state):
+        if n % 5:
+            return
+        row = {"step": n, "support_max": int(jnp.max(jnp.sum(q[:, :k] > 0, axis=0))),
+               "steps_from_support": int(optax.tree.get(state, "support").fast)}
+        print(f"K={k} after {n} steps: largest support {row['support_max']}, steps from the "
+              f"support {row['steps_from_support']}", flush=True)
+        out.append(row)
+
+    _trajectory(k, steps, report=report)
     return out
 
 
 def alexnet_share(repeats: int, batch: int) -> dict[str, Any]:
     """The Q update at K = 1000 over nlnoise's AlexNet train step (learned Q), alternated."""
     import jax
+    import jax.numpy as jnp
 
     k = 1000
     q, g, state, upd = _trajectory(k, warm_steps=10)
-    copy = jax.jit(lambda x: x * 1)
+    copy = jax.jit(jnp.copy)
 
     def run_update(n: int) -> float:
         total = 0.0
@@ -206,9 +258,10 @@ def run(quick: bool = False, repeats: int = 5, ks: tuple[int, ...] = KS,
     top = per_k[-1]
     rows = [bl.row(f"Q update / one elementwise pass over Q, K={top['k']}", top["passes"],
                    ".2f", "<= 3", top["passes"] <= 3,
-                   f"the threshold search {top['search_passes']:.1f} passes ({top['search_reads']}"
-                   f" reads of Q, one read alone {top['one_read_passes']:.1f}); the output pass "
-                   "writes the projected Q",
+                   f"thresholds from the support: {top['steps_from_support']} (largest "
+                   f"support {top['support_max']}); the full search, its fallback, alone "
+                   f"{top['search_passes']:.1f} passes ({top['search_reads']} reads of Q, one "
+                   f"read {top['one_read_passes']:.1f})",
                    item=18.1, unit="passes")]
     rows += [bl.row(f"Q update / one pass over Q, K={r['k']}", r["passes"], ".2f", "(figure)",
                     None, f"search {r['search_passes']:.1f} passes ({r['search_reads']} reads)",
@@ -236,7 +289,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument("--alexnet-batch", type=int, default=128)
+    parser.add_argument("--growth", type=int, default=0, metavar="STEPS",
+                        help="only follow the support along STEPS steps of the trajectory, at "
+                             "the last of --ks")
     args = parser.parse_args()
+    if args.growth:
+        support_growth(args.ks[-1], args.growth)
+        return
     out = run(args.quick, args.repeats, tuple(args.ks), args.alexnet_batch)
     print(bl.markdown_table(out["rows"]))
     print(bl.write_json("q_update", {"machine": bl.machine_info(), **out}))

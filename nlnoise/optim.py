@@ -30,9 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nlnoise import support as support_lib
 from nlnoise.noise import validate_transition
 from nlnoise.projection import (
     NEEDS_PARAMS,
+    Thresholds,
     apply_thresholds,
     check_method,
     project_columns_to_simplex,
@@ -103,12 +105,16 @@ class QStepState(NamedTuple):
     ``q_decay_scale``: the regularizer's multiplier, as in :class:`QDecayState` (lowered with
     ``optax.tree.set(opt_state, q_decay_scale=...)``); ``count``: steps taken, for a
     learning-rate schedule; ``tau``: per leaf, each column's simplex threshold at the last step
-    (``[K_true]`` as stored, ``-inf`` before the first), where the next step's search starts.
+    (``[K_true]`` as stored, ``-inf`` before the first), where the next step's search starts;
+    ``support``: per leaf, each column's support (:class:`nlnoise.support.Support`), from which
+    the step finds its thresholds without reading all of Q; a one-slot placeholder where Q has
+    fewer than ``support.SUPPORT_MIN_ROWS`` rows and the search reads Q.
     """
 
     q_decay_scale: jax.Array
     count: jax.Array
     tau: Any
+    support: Any
 
 
 # Size of Q from which the fused step forms its pre-projection values inside every read and in
@@ -119,8 +125,9 @@ class QStepState(NamedTuple):
 FORM_IN_READS_MIN_BYTES = 128 << 20
 
 
-def _fused_leaf(q: jax.Array, u: jax.Array, tau: jax.Array, s: jax.Array, lr: jax.Array,
-                kind: str) -> tuple[jax.Array, jax.Array]:
+def _fused_leaf(q: jax.Array, u: jax.Array, tau: jax.Array, sup: support_lib.Support,
+                s: jax.Array, lr: jax.Array, kind: str, touched_rows: int
+                ) -> tuple[jax.Array, jax.Array, support_lib.Support]:
     def pre_projection(q, u):
         return q + (-lr) * (u + (s * _regularizer_grad(kind, q)).astype(u.dtype))
 
@@ -129,11 +136,43 @@ def _fused_leaf(q: jax.Array, u: jax.Array, tau: jax.Array, s: jax.Array, lr: ja
         v, values = pre_projection(q, u), None
     else:
         v, values = (q, u), pre_projection
-    th = simplex_thresholds(v, tau, values=values)
-    return apply_thresholds(v, th, rescale=None, values=values) - q, th.tau
+
+    def search(tau):
+        return simplex_thresholds(v, tau, values=values)
+
+    if kind != "weight_decay" or not _keeps_support(q.shape[0]):
+        th = search(tau)
+        return apply_thresholds(v, th, rescale=None, values=values) - q, th.tau, sup
+    rebuilt = ~sup.valid & (sup.wait <= 0)
+    sup = jax.lax.cond(rebuilt, support_lib.rebuild, lambda q, sup: sup, q, sup)
+
+    def from_support(sup):
+        return support_lib.thresholds(q, u, pre_projection, sup, tau, touched_rows)
+
+    def unanswered(sup):
+        th = jax.eval_shape(from_support, sup)[0]
+        blank = Thresholds(*(jnp.zeros(x.shape, x.dtype) for x in th))
+        return blank, jnp.zeros((), bool), sup
+
+    # An invalid support is not searched: a Q that outgrew it pays only the full search.
+    th_small, ok, nxt = jax.lax.cond(sup.valid, from_support, unanswered, sup)
+    th = jax.lax.cond(ok, lambda t: th_small, search, tau)
+    nxt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), nxt,
+                       support_lib.after_fallback(sup, rebuilt, th))
+    return apply_thresholds(v, th, rescale=None, values=values) - q, th.tau, nxt
 
 
-def decay_step_project(strength: float, kind: str, learning_rate: ScalarOrSchedule
+def _keeps_support(rows: int) -> bool:
+    return rows >= support_lib.SUPPORT_MIN_ROWS
+
+
+def _init_support(p: jax.Array, kind: str) -> support_lib.Support:
+    keeps = kind == "weight_decay" and _keeps_support(p.shape[0])
+    return support_lib.init(p, support_lib.SUPPORT_SLOTS if keeps else 1)
+
+
+def decay_step_project(strength: float, kind: str, learning_rate: ScalarOrSchedule,
+                       touched_rows: int = support_lib.TOUCHED_ROWS
                        ) -> optax.GradientTransformation:
     """Decay, learning-rate step and column projection of Q as one transformation.
 
@@ -145,12 +184,23 @@ def decay_step_project(strength: float, kind: str, learning_rate: ScalarOrSchedu
     threshold (:func:`nlnoise.projection.simplex_thresholds`, usually one or a few reads), and
     the projection and the update are one elementwise pass. Every leaf must be 2-D
     (``[K_noisy, K_true]``); it needs ``params``. Place it last in a chain.
+
+    From ``support.SUPPORT_MIN_ROWS`` rows, with ``kind="weight_decay"``, the search reads
+    nothing of Q but the rows the update touches and each column's few entries off its floor
+    (:mod:`nlnoise.support`): the step is then that output pass, one read of the update and
+    work in ``(support.SUPPORT_SLOTS + touched_rows) x K``. ``touched_rows`` caps the rows of
+    the update that may be nonzero for that (the batch size, for the noisy loss's gradient);
+    a step beyond it, or one that the support cannot describe, takes the search over Q.
     """
     check_regularizer(kind)
+    if int(touched_rows) != touched_rows or touched_rows < 1:
+        raise ValueError(f"touched_rows: must be an integer >= 1 (the batch size), got "
+                         f"{touched_rows!r}.")
 
     def init_fn(params):
         tau = jax.tree.map(lambda p: jnp.full(p.shape[1:], -jnp.inf, p.dtype), params)
-        return QStepState(jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32), tau)
+        sup = jax.tree.map(lambda p: _init_support(p, kind), params)
+        return QStepState(jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32), tau, sup)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -158,13 +208,12 @@ def decay_step_project(strength: float, kind: str, learning_rate: ScalarOrSchedu
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         s = strength * state.q_decay_scale
         leaves, treedef = jax.tree.flatten(params)
-        out = [_fused_leaf(p, u, t, s, lr, kind) for p, u, t in
+        out = [_fused_leaf(p, u, t, sp, s, lr, kind, touched_rows) for p, u, t, sp in
                zip(leaves, treedef.flatten_up_to(updates), treedef.flatten_up_to(state.tau),
-                   strict=True)]
-        new_u = treedef.unflatten([o[0] for o in out])
-        new_tau = treedef.unflatten([o[1] for o in out])
+                   treedef.flatten_up_to(state.support), strict=True)]
+        new_u, new_tau, new_sup = (treedef.unflatten([o[i] for o in out]) for i in range(3))
         return new_u, QStepState(state.q_decay_scale, optax.safe_increment(state.count),
-                                 new_tau)
+                                 new_tau, new_sup)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -270,6 +319,7 @@ def q_optimizer(
     regularizer: str = "weight_decay",
     projection: str = "auto",
     grad_clip: float = 0.0,
+    touched_rows: int = support_lib.TOUCHED_ROWS,
 ) -> optax.GradientTransformation:
     """The optimizer for Q: frozen, then SGD + decoupled decay (or trace), then projection.
 
@@ -299,6 +349,9 @@ def q_optimizer(
         +-grad_clip, so that the norm itself stays finite). ``d log(Q p)_j / d Q[j, i] =
         p_i / (Q p)_j`` is unbounded where the network gives the observed noisy label almost
         no mass; one such batch can throw every column of Q onto a vertex.
+      touched_rows: the most rows of Q one step's gradient touches, i.e. the batch size: up
+        to it, a large Q's step reads only those rows and each column's support
+        (:func:`decay_step_project`). Larger batches are right too, only slower.
     """
     if grad_clip < 0:
         raise ValueError(f"q.grad_clip: must be >= 0 (0: off), got {grad_clip}.")
@@ -323,7 +376,8 @@ def q_optimizer(
         optax.scale_by_learning_rate(learning_rate),
         project_columns_to_simplex(projection),
     )
-    fused = optax.chain(*head, decay_step_project(weight_decay, regularizer, learning_rate))
+    fused = optax.chain(*head, decay_step_project(weight_decay, regularizer, learning_rate,
+                                                    touched_rows))
     inner = _by_leaf_size(sorted_chain, fused, projection)
     if freeze_steps == 0:
         return inner

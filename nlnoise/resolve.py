@@ -111,7 +111,8 @@ def build_optimizer(cfg: ml_collections.ConfigDict, spec: RunSpec) -> optax.Grad
                                  freeze_steps=spec.freeze_steps,
                                  momentum=cfg.q.momentum or None,
                                  regularizer=cfg.q.regularizer,
-                                 grad_clip=cfg.q.grad_clip)
+                                 grad_clip=cfg.q.grad_clip,
+                                 touched_rows=cfg.batch_size)
     return optim.train_state_optimizer(net_tx, q_tx)
 
 
