@@ -107,8 +107,9 @@ class QStepState(NamedTuple):
     learning-rate schedule; ``tau``: per leaf, each column's simplex threshold at the last step
     (``[K_true]`` as stored, ``-inf`` before the first), where the next step's search starts;
     ``support``: per leaf, each column's support (:class:`nlnoise.support.Support`), from which
-    the step finds its thresholds without reading all of Q; a one-slot placeholder where Q has
-    fewer than ``support.SUPPORT_MIN_ROWS`` rows and the search reads Q.
+    the step finds its thresholds without reading all of Q; a one-element placeholder where Q
+    has fewer than ``support.SUPPORT_MIN_ROWS`` rows (or the trace regularizer) and the search
+    reads Q.
     """
 
     q_decay_scale: jax.Array
@@ -167,8 +168,11 @@ def _keeps_support(rows: int) -> bool:
 
 
 def _init_support(p: jax.Array, kind: str) -> support_lib.Support:
-    keeps = kind == "weight_decay" and _keeps_support(p.shape[0])
-    return support_lib.init(p, support_lib.SUPPORT_SLOTS if keeps else 1)
+    if kind == "weight_decay" and _keeps_support(p.shape[0]):
+        return support_lib.init(p, support_lib.SUPPORT_SLOTS)
+    # Unused: no per-column array, so that it is replicated rather than split with Q.
+    empty = support_lib.init(jnp.zeros((p.shape[0], 1), p.dtype), 1)
+    return empty._replace(witness=jnp.zeros((), jnp.int32))
 
 
 def decay_step_project(strength: float, kind: str, learning_rate: ScalarOrSchedule,
