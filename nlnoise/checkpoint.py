@@ -12,6 +12,11 @@ never resumes a run that is not the one asking. When no checkpoint is intact, no
 so the same error comes back on every retry until someone decides (a silent fresh start would
 throw the run away).
 
+A checkpoint written before the state gained a field that a step rebuilds exactly (the Q step's
+``support``) restores with that field fresh, when the caller names it (``fillable``) and gives
+its fresh value (``defaults``): upgrading nlnoise does not strand a run. Any other difference
+between the checkpoint's tree and the state's is a restore error as before.
+
 ``read_only=True`` (:class:`CheckpointStore` and :class:`BestParams`) reads a run without
 changing anything under its directory: nothing is created, moved, renamed or written, and a
 damaged checkpoint is skipped where it lies (for tools that inspect a finished or running run).
@@ -27,6 +32,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger("nlnoise")
 
@@ -48,6 +54,38 @@ def abstract_like(tree, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
+
+
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _leaf_paths(tree: Any) -> dict[tuple[str, ...], Any]:
+    """Leaves by path, in orbax's saved form: NamedTuple fields and dict keys by name, sequence
+    items by index (a NamedTuple is saved as a dict of its fields, a tuple as a list)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {tuple(_key_name(e) for e in path): leaf for path, leaf in flat}
+
+
+def _fill_plan(saved_tree: Any, abstract_state: Any, fillable: tuple[str, ...]):
+    """``(target, missing)`` to restore a checkpoint whose tree lacks only fillable leaves.
+
+    ``target`` has the saved tree's structure (nested dicts and lists) with ``abstract_state``'s
+    leaves; ``missing`` are the paths to take from the defaults. None when the trees differ in
+    any other way (the restore then fails as before) or do not differ.
+    """
+    saved, wanted = _leaf_paths(saved_tree), _leaf_paths(abstract_state)
+    missing = sorted(set(wanted) - set(saved))
+    if not missing or set(saved) - set(wanted):
+        return None
+    if not all(any(name in path for name in fillable) for path in missing):
+        return None
+    target = jax.tree_util.tree_map_with_path(
+        lambda path, _: wanted[tuple(_key_name(e) for e in path)], saved_tree)
+    return target, missing
 
 
 def _read_only_options(**kwargs) -> ocp.CheckpointManagerOptions:
@@ -118,11 +156,15 @@ class CheckpointStore:
                 "or fix the directory's permissions and resume."
             ) from e
 
-    def restore(self, abstract_state: Any, data_iterator=None) -> tuple[Any, int] | None:
+    def restore(self, abstract_state: Any, data_iterator=None, *, defaults: Any = None,
+                fillable: tuple[str, ...] = ()) -> tuple[Any, int] | None:
         """Restores the newest intact checkpoint into ``abstract_state``'s structure/shardings.
 
         Positions ``data_iterator`` where that checkpoint left it (None: the state alone is
-        read). Returns ``(state_items, step)``, or None when there is no checkpoint. Damaged
+        read). Returns ``(state_items, step)``, or None when there is no checkpoint. A
+        checkpoint that lacks only leaves whose path names one of ``fillable`` (state a step
+        rebuilds exactly, which an older nlnoise did not save) takes those leaves from
+        ``defaults`` (concrete, ``abstract_state``'s structure), with a warning. Damaged
         checkpoints are skipped with a warning; once an intact one is found, the damaged newer
         ones are moved to ``<directory>-damaged/`` (kept for inspection, and out of the way of
         the step numbers the resumed run will save again); a read-only store leaves them where
@@ -138,8 +180,13 @@ class CheckpointStore:
             try:
                 # Whose it is comes first: another run's state may not even fit the target.
                 self._check_identity(step, self._read_identity(step))
+                plan = self._fill_plan(step, abstract_state, defaults, fillable)
+                if plan is not None:
+                    items["state"] = ocp.args.StandardRestore(plan[0])
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
                 state = restored["state"]
+                if plan is not None:
+                    state = self._filled(step, state, defaults, plan[1], fillable)
                 jax.block_until_ready(state)
             except ForeignCheckpointError:
                 raise
@@ -171,6 +218,29 @@ class CheckpointStore:
                     f"damaged ones {aside} are set aside in {self.directory}-damaged")
             raise NoIntactCheckpointError(f"{what}. {fix}")
         return None
+
+    def _fill_plan(self, step: int, abstract_state: Any, defaults: Any,
+                   fillable: tuple[str, ...]):
+        if defaults is None or not fillable:
+            return None
+        try:
+            saved = ocp.StandardCheckpointHandler().metadata(
+                epath.Path(self.directory) / str(step) / "state")
+        except Exception:  # no readable metadata: the plain restore reports what is wrong
+            log.debug("no tree metadata at step %d", step, exc_info=True)
+            return None
+        return _fill_plan(getattr(saved, "tree", saved), abstract_state, tuple(fillable))
+
+    @staticmethod
+    def _filled(step: int, restored: Any, defaults: Any, missing: list,
+                fillable: tuple[str, ...]) -> Any:
+        found = _leaf_paths(restored)
+        # Name the field, not each of its arrays.
+        fields = {"/".join(p[:min(p.index(n) for n in fillable if n in p) + 1]) for p in missing}
+        log.warning("the checkpoint at step %d was written without %s (an older nlnoise); "
+                    "filled with fresh values.", step, ", ".join(sorted(fields)))
+        return jax.tree_util.tree_map_with_path(
+            lambda path, fresh: found.get(tuple(_key_name(e) for e in path), fresh), defaults)
 
     def _read_identity(self, step: int) -> dict[str, str] | None:
         if self.identity is None or not os.path.isdir(os.path.join(self.directory, str(step),

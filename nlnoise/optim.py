@@ -117,6 +117,12 @@ class QStepState(NamedTuple):
     support: Any
 
 
+# Fields of the optimizer state that a step rebuilds exactly from Q (a fresh support is invalid,
+# so the next step searches all of Q and rebuilds it where it can): a checkpoint written before
+# one existed restores with it fresh (checkpoint.CheckpointStore.restore's ``fillable``).
+REBUILT_STATE = ("support",)
+
+
 # Size of Q from which the fused step forms its pre-projection values inside every read and in
 # the output pass instead of writing them out once: a temporary that large is a fresh buffer
 # per step, whose page faults cost more than recomputing the values; below it, recomputing

@@ -10,7 +10,7 @@ import os
 import jax
 import ml_collections
 
-from nlnoise import checkpoint, data
+from nlnoise import checkpoint, data, optim
 from nlnoise import step as step_lib
 from nlnoise import workdir as workdir_lib
 from nlnoise.resolve import (
@@ -88,7 +88,8 @@ def load_for_prediction(workdir: str, params: str = "best", *,
                                            identity=identity)
         tree = checkpoint_tree(state)
         found = store.restore(checkpoint.abstract_like(tree, jax.tree.map(lambda _: device,
-                                                                          tree)))
+                                                                          tree)),
+                              defaults=tree, fillable=optim.REBUILT_STATE)
         store.close()
         if found is None:
             raise checkpoint.CheckpointError(f"no checkpoint under {run_dir.checkpoints} yet.")

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from nlnoise import checkpoint, data, eval_loop, q_schedule, resolve, sharding
+from nlnoise import checkpoint, data, eval_loop, optim, q_schedule, resolve, sharding
 from nlnoise import config as config_lib
 from nlnoise import lock as lock_lib
 from nlnoise import step as step_lib
@@ -203,7 +203,8 @@ def _train_owned(cfg: ml_collections.ConfigDict, run_dir: workdir_lib.RunDir, wa
                                       resolve.checkpoint_tree(state_sh))
     store, items, start = _resume_point(
         cfg, run_dir, spec, run_dir.identity(cfg, resolve.RESUMABLE_KEYS, ds.label_fingerprint),
-        lambda st: st.restore(target, it), overwrite=overwrite)
+        lambda st: st.restore(target, it, defaults=resolve.checkpoint_tree(state),
+                              fillable=optim.REBUILT_STATE), overwrite=overwrite)
     if items is not None:
         state = state.replace(**items["state"], window=items["acc"])
         log.info("resumed from the checkpoint at step %d.", start)

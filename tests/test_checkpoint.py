@@ -3,13 +3,20 @@ read-only restores that never change the directory."""
 
 import os
 import pathlib
+import re
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from nlnoise import checkpoint, data
+from nlnoise import checkpoint, data, optim, support
+
+
+def ocp_shape(x):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +260,70 @@ def test_read_only_best_params_restore_and_refuse_changes(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=r"no best parameters.*val_size"):
         checkpoint.BestParams(str(tmp_path / "missing"), read_only=True)
     assert not (tmp_path / "missing").exists()
+
+
+class _OldQStepState(NamedTuple):
+    """``optim.QStepState`` as nlnoise saved it before the state kept each column's support."""
+
+    q_decay_scale: jax.Array
+    count: jax.Array
+    tau: Any
+
+
+def _as_old(tree):
+    return jax.tree.map(
+        lambda s: _OldQStepState(s.q_decay_scale, s.count, s.tau)
+        if isinstance(s, optim.QStepState) else s,
+        tree, is_leaf=lambda s: isinstance(s, optim.QStepState))
+
+
+def test_a_checkpoint_without_the_support_restores_with_a_fresh_one(tmp_path, digits, caplog):
+    k = support.SUPPORT_MIN_ROWS
+    tx = optim.q_optimizer(0.01, weight_decay=0.1)
+    q = jnp.eye(k, dtype=jnp.float32)
+    rng = np.random.default_rng(0)
+    step = jax.jit(lambda q, g, st: (lambda u, st: (q + u, st))(*tx.update(g, st, q)))
+
+    def grad():
+        g = np.zeros((k, k), np.float32)
+        g[rng.integers(0, k, 16)] = -rng.random((16, k), np.float32)
+        return jnp.asarray(g)
+
+    st = tx.init(q)
+    for _ in range(3):
+        q, st = step(q, grad(), st)
+    assert int(optax.tree.get(st, "support").fast) > 0  # the support was in use
+    it = _iterator(digits)
+    store = checkpoint.CheckpointStore(str(tmp_path / "ckpt"))
+    store.save(3, {"q": q, "opt": _as_old(st)}, it)
+    store.wait()
+
+    fresh = {"q": jnp.eye(k, dtype=jnp.float32), "opt": tx.init(q)}
+    target = jax.tree.map(ocp_shape, fresh)
+    with caplog.at_level("WARNING", logger="nlnoise"):
+        restored, at = checkpoint.CheckpointStore(str(tmp_path / "ckpt")).restore(
+            target, _iterator(digits), defaults=fresh, fillable=optim.REBUILT_STATE)
+    assert at == 3 and re.search(r"without opt/\d+/support \(an older", caplog.text)
+    assert jax.tree.structure(restored) == jax.tree.structure(fresh)
+    np.testing.assert_array_equal(restored["q"], q)
+    np.testing.assert_array_equal(optax.tree.get(restored["opt"], "tau"),
+                                  optax.tree.get(st, "tau"))
+    assert not bool(optax.tree.get(restored["opt"], "support").valid)
+    # The next step from the restored state equals the next step of the run that was saved.
+    g = grad()
+    q_saved, _ = step(q, g, st)
+    q_restored, st_restored = step(restored["q"], g, restored["opt"])
+    np.testing.assert_allclose(q_restored, q_saved, atol=1e-6)
+    assert int(optax.tree.get(st_restored, "count")) == 4
+
+
+def test_a_missing_leaf_that_is_not_fillable_is_not_restored(tmp_path, digits):
+    it = _iterator(digits)
+    store = checkpoint.CheckpointStore(str(tmp_path / "ckpt"))
+    store.save(1, {"w": jnp.ones(3)}, it)
+    store.wait()
+    fresh = {"w": jnp.zeros(3), "v": jnp.zeros(2)}
+    with pytest.raises(checkpoint.NoIntactCheckpointError, match="could be read"):
+        checkpoint.CheckpointStore(str(tmp_path / "ckpt")).restore(
+            jax.tree.map(ocp_shape, fresh), defaults=fresh, fillable=("support",))
+    assert store.steps() == [1]  # nothing moved
