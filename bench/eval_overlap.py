@@ -1,5 +1,5 @@
-"""Benchmark (not a test): issue 18, item 3 -- what an evaluation costs next to an epoch, and
-whether running it beside the next epoch's steps hides it.
+"""Benchmark (not a test): issue 18, item 3 (item 5 of the benchmarks) -- what an evaluation
+costs next to an epoch, and whether running it beside the next epoch's steps hides it.
 
 On the main job's shapes (``configs/fashion_mnist.py``: layers18pct with learned Q, K = 10,
 28x28x1 images, batch 128, on the CPU split that ``nlnoise-train`` picks for these batch
@@ -106,10 +106,10 @@ def run(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
     rows = [bl.row("evaluation after an epoch, in sequence: (eval + epoch) / epoch - 1",
                    added, ".3f", "<= 0.10 with start-up", added <= 0.10,
                    f"{jax.device_count()} devices; eval {n}k images at "
-                   f"{rates['eval_images_per_s']:.0f} images/s", item=3),
+                   f"{rates['eval_images_per_s']:.0f} images/s", item=5),
             bl.row("the same, evaluation dispatched beside the next epoch's steps", hidden,
                    ".3f", "(what overlap would leave)", None,
-                   "the cores are shared, not idle", item=3)]
+                   "the cores are shared, not idle", item=5)]
     return {"rows": rows, "details": {"times": bl.summarize(times), "added": added,
                                       "overlapped": hidden, "eval_over_epoch": eval_share,
                                       "devices": jax.device_count(), **rates}}

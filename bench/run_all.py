@@ -5,7 +5,8 @@ Items (one module each, each runnable alone):
 1, 3. ``step_vs_torch``: train step vs PyTorch 2.13 CPU, profile, MFU
 2.    ``noise_overhead``: learned-Q step time over no-Q step time (layers18pct K=10, AlexNet K=1000)
 4.    ``input_pipeline.headroom_rows``: pipeline images/s over the train step's
-5.    ``end_to_end``: a real short training run's wall time over steps x median step time
+5.    ``end_to_end``: a real short training run's wall time over steps x median step time;
+      ``eval_overlap``: what the evaluation adds to an epoch of the main job (issue 18.3)
 6.    ``scaling_k``: noise layer and Q update time/memory for K up to 21841; Q sharded 1/N
 7.    ``scaling_devices``: images/s and per-device batch memory on 1, 2, 4, 8 simulated devices
 18.1.  ``q_update``: the Q update in passes over Q at K = 21841 (<= 3) and its share of
@@ -34,8 +35,8 @@ import benchlib as bl
 
 COMMAND = ".venv/bin/python bench/run_all.py"
 RESULT = "RUN_ALL_RESULT "
-GROUPS = ("step_vs_torch", "noise_overhead", "input_pipeline", "end_to_end", "scaling_k",
-          "scaling_devices", "q_update")
+GROUPS = ("step_vs_torch", "noise_overhead", "input_pipeline", "end_to_end", "eval_overlap",
+          "scaling_k", "scaling_devices", "q_update")
 
 
 def run_group(name: str, quick: bool, repeats: int) -> dict[str, Any]:

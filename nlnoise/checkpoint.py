@@ -180,7 +180,7 @@ class CheckpointStore:
             try:
                 # Whose it is comes first: another run's state may not even fit the target.
                 self._check_identity(step, self._read_identity(step))
-                plan = self._fill_plan(step, abstract_state, defaults, fillable)
+                plan = self._plan_fill(step, abstract_state, defaults, fillable)
                 if plan is not None:
                     items["state"] = ocp.args.StandardRestore(plan[0])
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -219,7 +219,7 @@ class CheckpointStore:
             raise NoIntactCheckpointError(f"{what}. {fix}")
         return None
 
-    def _fill_plan(self, step: int, abstract_state: Any, defaults: Any,
+    def _plan_fill(self, step: int, abstract_state: Any, defaults: Any,
                    fillable: tuple[str, ...]):
         if defaults is None or not fillable:
             return None
