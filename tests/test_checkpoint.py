@@ -15,8 +15,8 @@ import pytest
 from nlnoise import checkpoint, data, optim, support
 
 
-def ocp_shape(x):
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+def _abstract(tree):
+    return checkpoint.abstract_like(tree, jax.tree.map(lambda x: x.sharding, tree))
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +299,7 @@ def test_a_checkpoint_without_the_support_restores_with_a_fresh_one(tmp_path, di
     store.wait()
 
     fresh = {"q": jnp.eye(k, dtype=jnp.float32), "opt": tx.init(q)}
-    target = jax.tree.map(ocp_shape, fresh)
+    target = _abstract(fresh)
     with caplog.at_level("WARNING", logger="nlnoise"):
         restored, at = checkpoint.CheckpointStore(str(tmp_path / "ckpt")).restore(
             target, _iterator(digits), defaults=fresh, fillable=optim.REBUILT_STATE)
@@ -325,5 +325,5 @@ def test_a_missing_leaf_that_is_not_fillable_is_not_restored(tmp_path, digits):
     fresh = {"w": jnp.zeros(3), "v": jnp.zeros(2)}
     with pytest.raises(checkpoint.NoIntactCheckpointError, match="could be read"):
         checkpoint.CheckpointStore(str(tmp_path / "ckpt")).restore(
-            jax.tree.map(ocp_shape, fresh), defaults=fresh, fillable=("support",))
+            _abstract(fresh), defaults=fresh, fillable=("support",))
     assert store.steps() == [1]  # nothing moved
