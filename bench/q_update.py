@@ -17,12 +17,12 @@
   (``projection.simplex_thresholds`` on the pre-projection values, the step's fallback, timed in
   the same alternation) in the same passes, and how many reads of Q it took; and floors in the
   same alternation: one read of the search (``projection.column_stats`` at one threshold, the
-  least an exact update reads besides its output pass) and XLA's own column sum (``jnp.sum(q,
-  axis=0)``), which shows why the search reads in row blocks; and the dense gradient's floor,
-  ``q * c - lr * g`` timed as the update is (Q and the gradient read, Q written: what any update
-  that takes the gradient as a dense array pays). And the same exact update with its
-  pre-projection values written out first as a ``[K, K]`` array (the form ``decay_step_project``
-  avoids), over the update, in the same alternation.
+  least an exact update reads besides its output pass) and XLA's own column sum
+  (``jnp.sum(q, axis=0)``), which shows why the search reads in row blocks; and the dense
+  gradient's floor, ``q * c - lr * g`` timed as the update is (Q and the gradient read, Q
+  written: what any update that takes the gradient as a dense array pays). And the same exact
+  update with its pre-projection values written out first as a ``[K, K]`` array (the form
+  ``decay_step_project`` avoids), over the update, in the same alternation.
 * **Share of an AlexNet step.** The Q update at K = 1000 over nlnoise's jitted AlexNet train
   step (learned Q, K = 1000, batch ``--alexnet-batch``, 128 as Krizhevsky et al.), alternated.
   Target <= 5%.
